@@ -1,0 +1,378 @@
+"""What every vendor emulator shares.
+
+An emulator is a strict WebSocket server for one vendor protocol, written from ``protocols/vendors.md``. It
+"recognises" speech by following a script: PCM is cut into segments on silence (energy per 10 ms frame),
+each segment is assigned the script's next sentence, the sentence's words are revealed as partials while
+the segment's audio arrives, and the whole sentence is the segment's final. So a test that speaks a known
+text gets that exact text back, through every byte of the vendor's wire format.
+
+Each stream is recorded (PCM bytes received, their SHA-256, protocol violations) so tests can prove that
+no audio was lost and that the client spoke the protocol correctly. Fault modes reproduce what real
+vendors do on a bad day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+_LOGGER = logging.getLogger(__name__)
+
+FRAME_MS = 10
+SAMPLE_RATE = 16000
+BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
+
+
+class Fault(StrEnum):
+    """How an emulator misbehaves."""
+
+    NONE = "none"
+    # Cut the TCP connection (no close frame) after ``fault_after_bytes`` of PCM.
+    DROP = "drop"
+    # Stop answering (keep reading and discarding) after ``fault_after_bytes`` of PCM.
+    STALL = "stall"
+    # Refuse the stream at its start the way the vendor does (auth/config error).
+    ERROR_AT_START = "error_at_start"
+    # Apply the vendor's idle cut after ``idle_timeout`` seconds without data (short, for tests).
+    IDLE_TIMEOUT = "idle_timeout"
+    # Hold the final answer back by ``slow_final_seconds``.
+    SLOW_FINAL = "slow_final"
+
+
+@dataclass
+class EmulatorOptions:
+    """Knobs shared by every emulator (CLI flags of ``asr-daemon emulate``)."""
+
+    script: list[str] = field(default_factory=list)
+    # Accepted credentials; anything else is rejected as the vendor would.
+    api_keys: list[str] = field(default_factory=lambda: ["test-key"])
+    fault: Fault = Fault.NONE
+    # Streams the fault applies to: the first N (0 = every stream), so a retry can succeed.
+    fault_streams: int = 0
+    fault_after_bytes: int = 16000
+    slow_final_seconds: float = 3.0
+    # Seconds without any client message before the vendor's idle cut; None uses the vendor's own limit.
+    idle_timeout: float | None = None
+    # Segmentation: a segment ends after this much silence.
+    silence_ms: int = 500
+    # A new word of the script is revealed per this much speech.
+    word_ms: int = 250
+    # RMS of a 10 ms frame above which it counts as speech.
+    energy_threshold: float = 300.0
+
+
+@dataclass
+class StreamRecord:
+    """What one client stream did, for tests and logs."""
+
+    index: int
+    pcm_bytes: int = 0
+    sha256: Any = field(default_factory=hashlib.sha256)
+    violations: list[str] = field(default_factory=list)
+    messages_in: int = 0
+    finals: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    completed: bool = False
+    fault_applied: bool = False
+
+    def add_pcm(self, pcm: bytes) -> None:
+        self.pcm_bytes += len(pcm)
+        self.sha256.update(pcm)
+
+    @property
+    def pcm_sha256(self) -> str:
+        digest: str = self.sha256.hexdigest()
+        return digest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scripted recognition
+
+
+def tokens_of(sentence: str) -> tuple[list[str], str]:
+    """Split a script sentence into words and the joiner that rebuilds it (none for CJK/Thai scripts)."""
+    if " " in sentence.strip():
+        return sentence.split(), " "
+    return list(sentence), ""
+
+
+@dataclass(frozen=True)
+class SegmentStarted:
+    start_ms: int
+
+
+@dataclass(frozen=True)
+class SegmentPartial:
+    text: str
+    start_ms: int
+
+
+@dataclass(frozen=True)
+class SegmentFinal:
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+SimEvent = SegmentStarted | SegmentPartial | SegmentFinal
+
+
+class ScriptedRecognizer:
+    """Cuts PCM (16 kHz s16le mono) into segments on silence and 'recognises' each as the next sentence."""
+
+    def __init__(self, options: EmulatorOptions, script: Sequence[str]) -> None:
+        self._options = options
+        self._script = list(script) or ["hello"]
+        self._next_sentence = 0
+        self._carry = b""
+        self._frame_bytes = FRAME_MS * BYTES_PER_MS
+        self._position_ms = 0
+        self._in_speech = False
+        self._speech_ms = 0
+        self._silence_run_ms = 0
+        self._start_ms = 0
+        self._revealed = 0
+        self._words: list[str] = []
+        self._joiner = ""
+
+    @property
+    def position_ms(self) -> int:
+        return self._position_ms
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    def feed(self, pcm: bytes) -> list[SimEvent]:
+        data = self._carry + pcm
+        usable = len(data) - len(data) % self._frame_bytes
+        self._carry = data[usable:]
+        events: list[SimEvent] = []
+        for offset in range(0, usable, self._frame_bytes):
+            events.extend(self._frame(data[offset : offset + self._frame_bytes]))
+        return events
+
+    def flush(self) -> list[SimEvent]:
+        """End of stream: close an open segment."""
+        if self._carry:
+            self._position_ms += len(self._carry) // BYTES_PER_MS
+            self._carry = b""
+        if self._in_speech:
+            return [self._close_segment()]
+        return []
+
+    def _frame(self, frame: bytes) -> list[SimEvent]:
+        self._position_ms += FRAME_MS
+        voiced = _rms(frame) >= self._options.energy_threshold
+        events: list[SimEvent] = []
+        if not self._in_speech:
+            if voiced:
+                self._open_segment()
+                events.append(SegmentStarted(self._start_ms))
+            else:
+                return events
+        if voiced:
+            self._silence_run_ms = 0
+            self._speech_ms += FRAME_MS
+            wanted = min(len(self._words) - 1, self._speech_ms // max(self._options.word_ms, 1) + 1)
+            if wanted > self._revealed:
+                self._revealed = wanted
+                events.append(SegmentPartial(self._joiner.join(self._words[:wanted]), self._start_ms))
+        else:
+            self._silence_run_ms += FRAME_MS
+            if self._silence_run_ms >= self._options.silence_ms:
+                events.append(self._close_segment())
+        return events
+
+    def _open_segment(self) -> None:
+        sentence = self._script[self._next_sentence % len(self._script)]
+        self._next_sentence += 1
+        self._words, self._joiner = tokens_of(sentence)
+        self._in_speech = True
+        self._speech_ms = 0
+        self._silence_run_ms = 0
+        self._revealed = 0
+        self._start_ms = self._position_ms - FRAME_MS
+
+    def _close_segment(self) -> SegmentFinal:
+        self._in_speech = False
+        end_ms = self._position_ms - self._silence_run_ms
+        return SegmentFinal(self._joiner.join(self._words), self._start_ms, end_ms)
+
+
+def _rms(frame: bytes) -> float:
+    count = len(frame) // 2
+    if count == 0:
+        return 0.0
+    samples = memoryview(frame).cast("h")
+    return math.sqrt(sum(s * s for s in samples) / count)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server
+
+
+class Emulator(ABC):
+    """A vendor emulator: a WebSocket server on loopback with scripted recognition and fault modes."""
+
+    # Registry name (``asr-daemon emulate <vendor>``).
+    vendor: ClassVar[str]
+    # Script used when none is configured, in the vendor's language.
+    default_script: ClassVar[tuple[str, ...]] = ("hello world",)
+    # The vendor's own idle cut in seconds (None: the vendor has none).
+    vendor_idle_timeout: ClassVar[float | None] = None
+
+    def __init__(self, options: EmulatorOptions | None = None) -> None:
+        self.options = options or EmulatorOptions()
+        self.streams: list[StreamRecord] = []
+        self._server: Server | None = None
+        self._logger = logging.getLogger(f"asr_daemon.emulators.{self.vendor}")
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Emulator]:
+        """Serve until the block exits."""
+        await self.start(host, port)
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await serve(
+            self._connection,
+            host,
+            port,
+            process_request=self._process_request,
+            ping_interval=None,
+            max_size=4 << 20,
+            compression=None,
+            server_header=f"{self.vendor}-emulator",
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "emulator not started"
+        sockname = next(iter(self._server.sockets)).getsockname()
+        return int(sockname[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The endpoint a client configures (``vendors.<name>.url``)."""
+
+    # -- per-stream helpers for subclasses -------------------------------------------------------------
+
+    @property
+    def script(self) -> list[str]:
+        return list(self.options.script) or list(self.default_script)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        if self.options.fault is Fault.IDLE_TIMEOUT:
+            return self.options.idle_timeout if self.options.idle_timeout is not None else 1.0
+        return self.options.idle_timeout if self.options.idle_timeout is not None else self.vendor_idle_timeout
+
+    def new_record(self, connection: ServerConnection | None = None) -> StreamRecord:
+        record = StreamRecord(index=len(self.streams))
+        if connection is not None and connection.request is not None:
+            record.headers = {k.lower(): v for k, v in connection.request.headers.raw_items()}
+        self.streams.append(record)
+        return record
+
+    def fault_active(self, record: StreamRecord, fault: Fault) -> bool:
+        """Whether ``fault`` applies to this stream."""
+        if self.options.fault is not fault:
+            return False
+        return self.options.fault_streams == 0 or record.index < self.options.fault_streams
+
+    def violation(self, record: StreamRecord, text: str) -> None:
+        """Log a protocol violation by the client and keep it for the tests."""
+        record.violations.append(text)
+        self._logger.warning("protocol violation in stream %d: %s", record.index, text)
+
+    def new_recognizer(self) -> ScriptedRecognizer:
+        return ScriptedRecognizer(self.options, self.script)
+
+    async def receive(self, connection: ServerConnection, record: StreamRecord) -> str | bytes:
+        """Next client message; raises ``TimeoutError`` after the idle limit, ``ConnectionClosed`` at close."""
+        timeout = self.idle_timeout
+        message = await asyncio.wait_for(connection.recv(), timeout) if timeout else await connection.recv()
+        record.messages_in += 1
+        return message
+
+    async def after_audio(self, connection: ServerConnection, record: StreamRecord) -> bool:
+        """Apply DROP/STALL once enough PCM arrived. Returns False when the stream must stop responding."""
+        if record.pcm_bytes < self.options.fault_after_bytes:
+            return True
+        if self.fault_active(record, Fault.DROP):
+            record.fault_applied = True
+            self._logger.info("fault: dropping stream %d after %d bytes", record.index, record.pcm_bytes)
+            connection.transport.abort()
+            return False
+        if self.fault_active(record, Fault.STALL):
+            if not record.fault_applied:
+                self._logger.info("fault: stalling stream %d after %d bytes", record.index, record.pcm_bytes)
+            record.fault_applied = True
+            return False
+        return True
+
+    async def before_final(self, record: StreamRecord) -> None:
+        """Apply SLOW_FINAL."""
+        if self.fault_active(record, Fault.SLOW_FINAL):
+            record.fault_applied = True
+            await asyncio.sleep(self.options.slow_final_seconds)
+
+    async def drain_stalled(self, connection: ServerConnection) -> None:
+        """A stalled vendor: read and discard everything, answer nothing, until the client gives up."""
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in connection:
+                pass
+
+    # -- the vendor-specific part ----------------------------------------------------------------------
+
+    def authorize(self, request: Request) -> Response | None:
+        """Check the upgrade request; return a response to refuse it. Default: accept."""
+        return None
+
+    @abstractmethod
+    async def handle(self, connection: ServerConnection) -> None:
+        """Serve one client connection."""
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        return self.authorize(request)
+
+    async def _connection(self, connection: ServerConnection) -> None:
+        try:
+            await self.handle(connection)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            self._logger.exception("emulator failed serving a connection")
+            raise

@@ -1,0 +1,224 @@
+"""The contract every vendor implements.
+
+A vendor is two pieces:
+
+* a ``StreamCodec``: a sans-I/O state machine for one recognition stream. It turns the daemon's intent
+  (start, audio, end) into WebSocket messages and the vendor's messages into typed ``VendorEvent``s. It
+  never touches a socket, so it is tested byte for byte and fuzzed.
+* a ``VendorAdapter``: the connection recipe (URL, headers, ping policy, any pre-connection step such as
+  a token request) and a factory for codecs. The shared transport in ``vendors/transport.py`` drives both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+# A WebSocket message: ``str`` goes out as a text frame, ``bytes`` as a binary frame.
+Outgoing = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """Raw PCM layout: samples per second, bytes per sample, interleaved channels."""
+
+    rate: int = 16000
+    width: int = 2
+    channels: int = 1
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.channels
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.rate * self.frame_bytes
+
+    def bytes_for_ms(self, ms: int) -> int:
+        return self.bytes_per_second * ms // 1000
+
+
+PCM16K = AudioFormat(16000, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events a codec produces
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReady:
+    """The vendor accepted the stream; audio may flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartialResult:
+    """Current hypothesis of the open segment; replaces the previous partial of that segment."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinalResult:
+    """One segment (sentence/utterance) is final. Times are ms from the start of the stream's audio."""
+
+    text: str
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCompleted:
+    """Everything the vendor will say about this stream has been said."""
+
+
+@dataclass(frozen=True, slots=True)
+class VendorError:
+    """The vendor reported an error or broke the protocol.
+
+    ``fatal`` marks errors that retrying cannot fix (bad key, rejected configuration): they are reported
+    at once and never retried. ``code`` is the vendor's own code, kept for logs and error events.
+    """
+
+    message: str
+    code: str | None = None
+    fatal: bool = False
+
+
+VendorEvent = StreamReady | PartialResult | FinalResult | StreamCompleted | VendorError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """What the caller asked for, for one stream."""
+
+    language: str
+    # Names and terms that should bias recognition (Wyoming ``transcribe`` since 1.10).
+    phrases: tuple[str, ...] = ()
+    # Correlates vendor-side logs with ours (e.g. SAUC's X-Api-Connect-Id, AmiVoice's utteranceid).
+    session_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """How to open the vendor's WebSocket for one stream."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Seconds between WebSocket pings; None where the vendor mishandles pings (iApp, SAUC).
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    # Response headers worth logging (e.g. SAUC's X-Tt-Logid).
+    log_headers: Sequence[str] = ()
+
+
+class StreamCodec(ABC):
+    """Sans-I/O state machine for one recognition stream.
+
+    The transport calls ``start()`` right after the WebSocket opens and sends what it returns. Audio is sent
+    only once ``ready`` is true (a codec that needs the vendor's acknowledgement emits ``StreamReady`` when
+    it arrives). ``send_audio()`` receives PCM in ``audio_format``, already re-chunked to ``chunk_bytes``
+    (the last chunk may be shorter). ``end()`` returns the end-of-stream messages. Every received message
+    goes through ``receive()``; the close of the connection through ``connection_closed()``.
+    """
+
+    # What the vendor wants; the session normalises and re-chunks to it.
+    audio_format: ClassVar[AudioFormat] = PCM16K
+    # Preferred audio bytes per message (100 ms of 16 kHz s16le mono by default).
+    chunk_bytes: ClassVar[int] = 3200
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.ended = False
+        self.completed = False
+
+    @abstractmethod
+    def start(self) -> list[Outgoing]:
+        """Messages to send once the connection is open."""
+
+    @abstractmethod
+    def send_audio(self, pcm: bytes) -> list[Outgoing]:
+        """Messages that carry one chunk of audio."""
+
+    @abstractmethod
+    def end(self) -> list[Outgoing]:
+        """Messages that tell the vendor no more audio follows."""
+
+    @abstractmethod
+    def receive(self, message: str | bytes) -> list[VendorEvent]:
+        """Parse one message from the vendor. Never raises: malformed input becomes a ``VendorError``."""
+
+    def connection_closed(self, code: int | None, reason: str) -> list[VendorEvent]:
+        """The connection closed (``code`` None when it closed without a close frame)."""
+        if self.completed:
+            return []
+        shown = "no close frame" if code is None else f"code {code}"
+        detail = f": {reason}" if reason else ""
+        return [VendorError(f"vendor closed the connection before completing ({shown}{detail})")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings and adapters
+
+
+class VendorSettings(BaseModel):
+    """Keys every vendor has under ``vendors.<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None, description="Endpoint override (a proxy, or the bundled emulator); default: the vendor's"
+    )
+    api_key: SecretStr | None = Field(default=None, description="API key (prefer api_key_file)")
+    api_key_file: str | None = Field(default=None, description="File holding the API key")
+    languages: list[str] = Field(description="Wyoming language codes routed to this vendor")
+    connect_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds to open the connection")
+
+    def key(self) -> str:
+        """The API key as text ('' when none is configured; the vendor then rejects the stream)."""
+        return self.api_key.get_secret_value() if self.api_key is not None else ""
+
+
+class VendorAdapter(ABC):
+    """One vendor: its settings model, its connection recipe and its codec factory."""
+
+    # Registry name, also the key under ``vendors.`` in the config.
+    name: ClassVar[str]
+    settings_model: ClassVar[type[VendorSettings]]
+    # The vendor's public endpoint, used when ``url`` is not set.
+    default_url: ClassVar[str]
+
+    def __init__(self, settings: VendorSettings) -> None:
+        self.settings = settings
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.settings.languages)
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.url or self.default_url
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs or error messages."""
+        key = self.settings.key()
+        return [key] if key else []
+
+    @abstractmethod
+    async def prepare(self, options: StreamOptions) -> ConnectRequest:
+        """Everything before the WebSocket handshake (may do I/O, e.g. fetch a one-time token)."""
+
+    @abstractmethod
+    def new_codec(self, options: StreamOptions) -> StreamCodec:
+        """A fresh codec for one stream."""
+
+
+class VendorFailure(Exception):
+    """A stream failed; carries the ``VendorError`` that says why."""
+
+    def __init__(self, error: VendorError) -> None:
+        super().__init__(error.message)
+        self.error = error

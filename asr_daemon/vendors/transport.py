@@ -1,0 +1,176 @@
+"""The one WebSocket transport every vendor codec runs over.
+
+``VendorStream`` opens the connection an adapter describes, sends what the codec asks for and feeds every
+received message back into the codec, queueing the typed events it returns. Handshake failures are
+classified here, once for all vendors: 401/403 are fatal (a wrong key does not become right by retrying),
+other 4xx are fatal configuration errors, 5xx/429 and network errors are transient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from .. import __version__
+from ..redact import redact
+from .base import (
+    Outgoing,
+    StreamCodec,
+    StreamOptions,
+    StreamReady,
+    VendorAdapter,
+    VendorError,
+    VendorEvent,
+    VendorFailure,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+# Largest message accepted from a vendor; results are small JSON documents.
+MAX_VENDOR_MESSAGE = 1 << 20
+# A stream's undelivered events; a vendor flooding results costs only its own stream.
+MAX_QUEUED_EVENTS = 1024
+
+
+def rejection_error(status: int, body: bytes) -> VendorError:
+    """Turn an HTTP status that refused the WebSocket upgrade into a classified error."""
+    snippet = body[:200].decode("utf-8", "replace").strip()
+    detail = f": {snippet}" if snippet else ""
+    if status in (401, 403):
+        return VendorError(f"vendor rejected the credentials (HTTP {status}){detail}", str(status), fatal=True)
+    if status == 429 or status >= 500:
+        return VendorError(f"vendor unavailable (HTTP {status}){detail}", str(status))
+    return VendorError(f"vendor refused the connection (HTTP {status}){detail}", str(status), fatal=True)
+
+
+class VendorStream:
+    """One recognition stream over one WebSocket, driven by a codec."""
+
+    def __init__(self, adapter: VendorAdapter, options: StreamOptions) -> None:
+        self.adapter = adapter
+        self.options = options
+        self.codec: StreamCodec = adapter.new_codec(options)
+        self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self.connect_seconds: float | None = None
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    async def connect(self) -> None:
+        """Open the connection and start the stream; raises ``VendorFailure``."""
+        started = time.monotonic()
+        timeout = self.adapter.settings.connect_timeout
+        try:
+            request = await asyncio.wait_for(self.adapter.prepare(self.options), timeout)
+            self._ws = await connect(
+                request.url,
+                additional_headers=dict(request.headers),
+                open_timeout=timeout,
+                ping_interval=request.ping_interval,
+                ping_timeout=request.ping_timeout,
+                close_timeout=2,
+                max_size=MAX_VENDOR_MESSAGE,
+                max_queue=64,
+                compression=None,
+                user_agent_header=f"asr-daemon/{__version__}",
+            )
+        except VendorFailure:
+            raise
+        except InvalidStatus as exc:
+            raise VendorFailure(rejection_error(exc.response.status_code, exc.response.body or b"")) from None
+        except (InvalidURI, ValueError) as exc:
+            raise VendorFailure(VendorError(f"bad vendor URL: {redact(str(exc))}", fatal=True)) from None
+        except TimeoutError:
+            raise VendorFailure(VendorError(f"connecting to the vendor timed out after {timeout:g} s")) from None
+        except (OSError, InvalidHandshake) as exc:
+            raise VendorFailure(VendorError(f"cannot connect to the vendor: {redact(str(exc))}")) from None
+        self.connect_seconds = time.monotonic() - started
+        response = self._ws.response
+        if response is not None:
+            for name in request.log_headers:
+                value = response.headers.get(name)
+                if value:
+                    _LOGGER.info("%s %s: %s", self.adapter.name, name, value)
+        self._reader = asyncio.create_task(self._read(), name=f"{self.adapter.name} reader")
+        await self.send(self.codec.start())
+        if self.codec.ready:
+            self._ready.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the vendor accepted the stream (or the stream failed, which the events report)."""
+        ready = asyncio.create_task(self._ready.wait())
+        closed = asyncio.create_task(self._closed.wait())
+        try:
+            await asyncio.wait((ready, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closed.cancel()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        """Send messages; a closed connection is reported through the events, not raised here."""
+        ws = self._ws
+        if ws is None:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            for message in messages:
+                await ws.send(message)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self.send(self.codec.send_audio(pcm))
+
+    async def end(self) -> None:
+        await self.send(self.codec.end())
+
+    async def aclose(self) -> None:
+        """Close the connection and stop reading."""
+        if self._ws is not None:
+            # A vendor that ignores our close frame must not hold the session: close_timeout bounds it.
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._closed.set()
+
+    def _emit(self, events: Iterable[VendorEvent]) -> None:
+        for event in events:
+            if isinstance(event, StreamReady):
+                self._ready.set()
+            if self.events.full():
+                _LOGGER.warning("%s: dropping a result; the stream is not being read", self.adapter.name)
+                continue
+            self.events.put_nowait(event)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        ws = self._ws
+        try:
+            async for message in ws:
+                self._emit(self.codec.receive(message))
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a codec bug must end this stream, not the daemon
+            _LOGGER.exception("%s: failed to handle a vendor message", self.adapter.name)
+            self._emit([VendorError(f"internal error handling a vendor message: {exc}")])
+        finally:
+            rcvd = ws.protocol.close_rcvd
+            code = rcvd.code if rcvd is not None else None
+            reason = rcvd.reason if rcvd is not None else ""
+            self._emit(self.codec.connection_closed(code, reason))
+            self._closed.set()
