@@ -128,14 +128,14 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret masked (for ``check``)."""
         dumped: dict[str, Any] = self.model_dump(mode="json")
-        return _mask_secrets(dumped)
+        dumped["vendors"] = {name: value for name, value in dumped["vendors"].items() if value is not None}
+        masked: dict[str, Any] = _mask_secrets(dumped)
+        return masked
 
 
 def _mask_secrets(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: ("***" if _is_secret_key(k) and v else _mask_secrets(v)) for k, v in value.items()
-        }
+        return {k: ("***" if _is_secret_key(k) and v else _mask_secrets(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask_secrets(v) for v in value]
     if isinstance(value, str):

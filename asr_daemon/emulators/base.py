@@ -56,6 +56,8 @@ class EmulatorOptions:
     """Knobs shared by every emulator (CLI flags of ``asr-daemon emulate``)."""
 
     script: list[str] = field(default_factory=list)
+    # Per-stream scripts: stream i follows stream_scripts[i % n] (tests tell concurrent streams apart by text).
+    stream_scripts: list[list[str]] = field(default_factory=list)
     # Accepted credentials; anything else is rejected as the vendor would.
     api_keys: list[str] = field(default_factory=lambda: ["test-key"])
     fault: Fault = Fault.NONE
@@ -277,6 +279,11 @@ class Emulator(ABC):
         return int(sockname[1])
 
     @property
+    def open_connections(self) -> int:
+        """Client connections currently open (tests check that a client's stream was let go)."""
+        return len(self._server.connections) if self._server is not None else 0
+
+    @property
     def base_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
@@ -315,8 +322,12 @@ class Emulator(ABC):
         record.violations.append(text)
         self._logger.warning("protocol violation in stream %d: %s", record.index, text)
 
-    def new_recognizer(self) -> ScriptedRecognizer:
-        return ScriptedRecognizer(self.options, self.script)
+    def new_recognizer(self, record: StreamRecord | None = None) -> ScriptedRecognizer:
+        script = self.script
+        if self.options.stream_scripts:
+            index = record.index if record is not None else max(len(self.streams) - 1, 0)
+            script = self.options.stream_scripts[index % len(self.options.stream_scripts)]
+        return ScriptedRecognizer(self.options, script)
 
     async def receive(self, connection: ServerConnection, record: StreamRecord) -> str | bytes:
         """Next client message; raises ``TimeoutError`` after the idle limit, ``ConnectionClosed`` at close."""

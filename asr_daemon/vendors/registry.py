@@ -6,6 +6,7 @@ Entries are import paths so that only what is used gets imported (start-up time 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, cast
@@ -21,13 +22,16 @@ class VendorEntry:
     emulator: str
 
 
+_V = "asr_daemon.vendors"
+_E = "asr_daemon.emulators"
+
 VENDORS: dict[str, VendorEntry] = {
-    "amivoice": VendorEntry("asr_daemon.vendors.amivoice.adapter:AmiVoiceAdapter", "asr_daemon.emulators.amivoice:AmiVoiceEmulator"),
-    "iapp": VendorEntry("asr_daemon.vendors.iapp.adapter:IAppAdapter", "asr_daemon.emulators.iapp:IAppEmulator"),
-    "tiro": VendorEntry("asr_daemon.vendors.tiro.adapter:TiroAdapter", "asr_daemon.emulators.tiro:TiroEmulator"),
-    "yating": VendorEntry("asr_daemon.vendors.yating.adapter:YatingAdapter", "asr_daemon.emulators.yating:YatingEmulator"),
-    "zyun360": VendorEntry("asr_daemon.vendors.sauc.adapter:Zyun360Adapter", "asr_daemon.emulators.sauc:Zyun360Emulator"),
-    "volcengine": VendorEntry("asr_daemon.vendors.sauc.adapter:VolcengineAdapter", "asr_daemon.emulators.sauc:VolcengineEmulator"),
+    "amivoice": VendorEntry(f"{_V}.amivoice.adapter:AmiVoiceAdapter", f"{_E}.amivoice:AmiVoiceEmulator"),
+    "iapp": VendorEntry(f"{_V}.iapp.adapter:IAppAdapter", f"{_E}.iapp:IAppEmulator"),
+    "tiro": VendorEntry(f"{_V}.tiro.adapter:TiroAdapter", f"{_E}.tiro:TiroEmulator"),
+    "yating": VendorEntry(f"{_V}.yating.adapter:YatingAdapter", f"{_E}.yating:YatingEmulator"),
+    "zyun360": VendorEntry(f"{_V}.sauc.adapter:Zyun360Adapter", f"{_E}.sauc:Zyun360Emulator"),
+    "volcengine": VendorEntry(f"{_V}.sauc.adapter:VolcengineAdapter", f"{_E}.sauc:VolcengineEmulator"),
 }
 
 
@@ -41,10 +45,10 @@ def available() -> list[str]:
     names = []
     for name, entry in VENDORS.items():
         try:
-            importlib.util.find_spec(entry.adapter.partition(":")[0])
+            found = importlib.util.find_spec(entry.adapter.partition(":")[0]) is not None
         except ModuleNotFoundError:
-            continue
-        if importlib.util.find_spec(entry.adapter.partition(":")[0]) is not None:
+            found = False
+        if found:
             names.append(name)
     return names
 

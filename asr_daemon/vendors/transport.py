@@ -84,7 +84,7 @@ class VendorStream:
         except VendorFailure:
             raise
         except InvalidStatus as exc:
-            raise VendorFailure(rejection_error(exc.response.status_code, exc.response.body or b"")) from None
+            raise VendorFailure(rejection_error(exc.response.status_code, bytes(exc.response.body or b""))) from None
         except (InvalidURI, ValueError) as exc:
             raise VendorFailure(VendorError(f"bad vendor URL: {redact(str(exc))}", fatal=True)) from None
         except TimeoutError:

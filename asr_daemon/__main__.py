@@ -1,0 +1,310 @@
+"""Command line: ``asr-daemon run | check | transcribe | emulate | health``.
+
+Every setting has an environment variable (``ASR_DAEMON_`` + the key path joined with ``__``); the flags here
+override the config file and the environment for the common ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+_LOGGER = logging.getLogger("asr_daemon")
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"ASR_DAEMON_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asr-daemon",
+        description="Wyoming speech-to-text server streaming live to cloud recognisers.",
+    )
+    parser.add_argument("--version", action="version", version=f"asr-daemon {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", type=Path, default=_env("CONFIG"), help="YAML config file (env ASR_DAEMON_CONFIG)")
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            default=_env("DEBUG", "") in ("1", "true", "yes"),
+            help="log debug messages (env ASR_DAEMON_DEBUG=1)",
+        )
+        sub.add_argument(
+            "--log-format", choices=("human", "json"), default=None, help="log format (env ASR_DAEMON_LOG__FORMAT)"
+        )
+
+    run = commands.add_parser("run", help="run the Wyoming server")
+    with_config(run)
+    run.add_argument("--uri", default=None, help="listen URI, e.g. tcp://0.0.0.0:10300 (env ASR_DAEMON_WYOMING__URI)")
+    run.add_argument(
+        "--zeroconf",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="NAME",
+        help="announce with zeroconf, optionally under NAME (env ASR_DAEMON_WYOMING__ZEROCONF)",
+    )
+
+    check = commands.add_parser("check", help="validate the config and print it with secrets masked")
+    with_config(check)
+
+    transcribe = commands.add_parser("transcribe", help="stream a WAV file through a vendor and print the result")
+    with_config(transcribe)
+    transcribe.add_argument("--vendor", required=True, help="configured vendor name")
+    transcribe.add_argument("--language", required=True, help="language code, e.g. ja")
+    transcribe.add_argument(
+        "--pace", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast, 0 = as fast as possible"
+    )
+    transcribe.add_argument("file", type=Path, help="WAV file (any rate, width, channels)")
+
+    emulate = commands.add_parser("emulate", help="run a vendor emulator for offline testing")
+    emulate.add_argument("vendor", help="vendor to emulate")
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=0)
+    emulate.add_argument("--key", action="append", default=None, help="accepted API key (repeatable; default test-key)")
+    emulate.add_argument("--script", default=None, help="sentences to 'recognise', separated by |")
+    emulate.add_argument(
+        "--fault", default="none", help="none, drop, stall, error_at_start, idle_timeout or slow_final"
+    )
+    emulate.add_argument("--fault-streams", type=int, default=0, help="apply the fault to the first N streams (0: all)")
+    emulate.add_argument("--idle-timeout", type=float, default=None, help="seconds before the vendor's idle cut")
+    emulate.add_argument("--debug", action="store_true")
+
+    health = commands.add_parser("health", help="exit 0 when a running daemon answers describe")
+    health.add_argument("--uri", default=_env("WYOMING__URI", "tcp://127.0.0.1:10300"))
+    health.add_argument("--timeout", type=float, default=2.0)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    wyoming: dict[str, Any] = {}
+    if getattr(args, "uri", None):
+        wyoming["uri"] = args.uri
+    zeroconf = getattr(args, "zeroconf", None)
+    if zeroconf is not None:
+        wyoming["zeroconf"] = True
+        if isinstance(zeroconf, str):
+            wyoming["zeroconf_name"] = zeroconf
+    if wyoming:
+        overrides["wyoming"] = wyoming
+    log: dict[str, Any] = {}
+    if getattr(args, "debug", False):
+        log["level"] = "debug"
+    if getattr(args, "log_format", None):
+        log["format"] = args.log_format
+    if log:
+        overrides["log"] = log
+    return overrides
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .logging_setup import setup_logging
+    from .settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"asr-daemon: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    setup_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+
+    settings = _load(args)
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        _LOGGER.error("cannot listen on %s: %s", settings.wyoming.uri, exc.strerror or exc)
+        return EXIT_FAILED
+    try:
+        await daemon.wait_for_stop()
+    finally:
+        await daemon.stop()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .daemon import Daemon
+
+    settings = _load(args)
+    print(yaml.safe_dump(settings.redacted(), sort_keys=False, allow_unicode=True), end="")
+    router = Daemon(settings).router
+    print("# routes:")
+    for language in router.languages():
+        adapter = router.route(language)
+        print(f"#   {language} → {adapter.name if adapter else 'none'}")
+    if router.default:
+        print(f"#   anything else → {router.default}")
+    print("# configuration is valid", file=sys.stderr)
+    return 0
+
+
+async def _transcribe(args: argparse.Namespace) -> int:
+    from .session import Session, SessionError, SessionLimits
+    from .vendors import registry
+    from .vendors.base import AudioFormat, StreamOptions
+
+    settings = _load(args)
+    vendors = settings.configured_vendors()
+    if args.vendor not in vendors:
+        print(
+            f"asr-daemon: vendor {args.vendor!r} is not configured (configured: {', '.join(vendors) or 'none'}); "
+            f"add vendors.{args.vendor} to the config or set ASR_DAEMON_VENDORS__{args.vendor.upper()}__API_KEY",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        with wave.open(str(args.file), "rb") as wav:
+            fmt = AudioFormat(wav.getframerate(), wav.getsampwidth(), wav.getnchannels())
+            frames = wav.readframes(wav.getnframes())
+    except (OSError, wave.Error, EOFError) as exc:
+        print(f"asr-daemon: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    adapter = registry.adapter_class(args.vendor)(vendors[args.vendor])
+    limits = SessionLimits(
+        max_audio_seconds=settings.limits.max_utterance_seconds, final_timeout=settings.limits.final_timeout
+    )
+    interactive = sys.stderr.isatty()
+
+    def show_partial(text: str) -> None:
+        if interactive:
+            print(f"\r\033[K… {text}", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"… {text}", file=sys.stderr, flush=True)
+
+    session = Session(adapter, StreamOptions(language=args.language, session_id="cli"), limits, show_partial)
+    step = fmt.bytes_per_second // 10 // fmt.frame_bytes * fmt.frame_bytes
+    started = time.monotonic()
+    try:
+        for offset in range(0, len(frames), step):
+            session.feed(frames[offset : offset + step], fmt)
+            if args.pace > 0:
+                due = started + (offset + step) / fmt.bytes_per_second / args.pace
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            else:
+                await asyncio.sleep(0)
+        result = await session.finish()
+    except SessionError as error:
+        if interactive:
+            print(file=sys.stderr)
+        print(f"asr-daemon: {error.message} ({error.code})", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await session.aclose()
+    if interactive:
+        print(file=sys.stderr)
+    print(result.text)
+    return 0
+
+
+async def _emulate(args: argparse.Namespace) -> int:
+    from .emulators.base import EmulatorOptions, Fault
+    from .logging_setup import setup_logging
+    from .vendors import registry
+
+    setup_logging("debug" if args.debug else "info")
+    if args.vendor not in registry.VENDORS:
+        print(f"asr-daemon: no emulator for {args.vendor!r} (known: {', '.join(registry.VENDORS)})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        fault = Fault(args.fault)
+    except ValueError:
+        print(
+            f"asr-daemon: --fault {args.fault!r}: expected one of {', '.join(f.value for f in Fault)}", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    options = EmulatorOptions(
+        script=[s.strip() for s in args.script.split("|")] if args.script else [],
+        api_keys=args.key or ["test-key"],
+        fault=fault,
+        fault_streams=args.fault_streams,
+        idle_timeout=args.idle_timeout,
+    )
+    emulator = registry.emulator_class(args.vendor)(options)
+    await emulator.start(args.host, args.port)
+    print(f"{args.vendor} emulator listening; configure vendors.{args.vendor}.url: {emulator.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+    return 0
+
+
+async def _health(args: argparse.Namespace) -> int:
+    from urllib.parse import urlparse
+
+    from wyoming.client import AsyncClient
+    from wyoming.info import Describe, Info
+
+    parsed = urlparse(args.uri)
+    uri = args.uri
+    if parsed.scheme == "tcp" and parsed.hostname in ("0.0.0.0", "::"):
+        uri = f"tcp://127.0.0.1:{parsed.port}"
+    try:
+        async with asyncio.timeout(args.timeout):
+            async with AsyncClient.from_uri(uri) as client:
+                await client.write_event(Describe().event())
+                while True:
+                    event = await client.read_event()
+                    if event is None:
+                        raise ConnectionError("connection closed before info")
+                    if Info.is_type(event.type):
+                        info = Info.from_event(event)
+                        break
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        print(f"unhealthy: {uri}: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    languages = sorted({lang for program in info.asr for model in program.models for lang in model.languages})
+    print(f"healthy: {uri} asr-daemon {info.asr[0].version if info.asr else '?'}; languages: {', '.join(languages)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(args)
+    runner = {"run": _run, "transcribe": _transcribe, "emulate": _emulate, "health": _health}[args.command]
+    try:
+        return asyncio.run(runner(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,350 @@
+"""One Wyoming connection: Home Assistant (or a satellite through it) asking for one transcript.
+
+``transcribe`` picks the vendor by language, ``audio-start`` opens the vendor stream, each ``audio-chunk`` is
+forwarded as it arrives, and ``audio-stop`` waits (bounded) for the final. Partials go out as
+``transcript-start``/``transcript-chunk``; the answer is ``transcript`` + ``transcript-stop`` or an ``error``,
+after which the connection is closed (Home Assistant opens a new one per utterance). A failure noticed
+before ``audio-stop`` is reported at once, and the connection keeps reading until ``audio-stop``: closing
+earlier would make Home Assistant's next audio write fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Describe
+from wyoming.server import AsyncEventHandler
+
+from ..redact import redact
+from ..routing import Router
+from ..session import Session, SessionError, SessionLimits
+from ..session import Transcript as SessionTranscript
+from ..vendors.base import AudioFormat, StreamOptions
+from .wyoming_server import BoundedStreamReader
+
+_LOGGER = logging.getLogger(__name__)
+
+# A client that does not read what we write is given this long per event before we hang up.
+WRITE_TIMEOUT = 10.0
+
+
+@dataclass
+class HandlerContext:
+    """What every connection shares (read-only)."""
+
+    info: Event
+    router: Router
+    limits: SessionLimits
+    idle_timeout: float = 30.0
+    # Sessions currently streaming, for status and drain.
+    sessions: set[Session] = field(default_factory=set)
+    # Called with each finished utterance's summary (sinks subscribe here).
+    on_result: Callable[[dict[str, object]], None] | None = None
+
+
+class WyomingAsrHandler(AsyncEventHandler):
+    """Handles one client connection (built with ``functools.partial(WyomingAsrHandler, context)``)."""
+
+    def __init__(self, context: HandlerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.context = context
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "local"
+        self._write_lock = asyncio.Lock()
+        self._request = Transcribe()
+        self._session: Session | None = None
+        # The current utterance already got its answer (an early error): swallow audio until audio-stop.
+        self._answered = False
+        self._in_utterance = False
+        self._emitted = ""
+        self._started_stream = False
+        self._partial_text = ""
+        self._partial_wakeup = asyncio.Event()
+        self._partial_pump: asyncio.Task[None] | None = None
+        self._closing = False
+        self._early_failure: asyncio.Task[None] | None = None
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._in_utterance
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while not self._closing:
+                try:
+                    event = await asyncio.wait_for(async_read_event(self.reader), self.context.idle_timeout)
+                except TimeoutError:
+                    _LOGGER.info("%s: no event for %g s; closing", self.peer, self.context.idle_timeout)
+                    await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
+                    break
+                except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+                    _LOGGER.warning("%s: malformed event (%s); closing", self.peer, type(exc).__name__)
+                    await self._answer_error("bad-event", "malformed event: expected a JSON object with a 'type'")
+                    break
+                if event is None:
+                    violation = getattr(self.reader, "violation", None)
+                    if isinstance(self.reader, BoundedStreamReader) and violation:
+                        _LOGGER.warning("%s: %s; closing", self.peer, violation)
+                        await self._answer_error("too-large", violation)
+                    elif self._in_utterance:
+                        _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.peer)
+                    break
+                if not await self.handle_event(event):
+                    break
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
+    async def handle_event(self, event: Event) -> bool:
+        if AudioChunk.is_type(event.type):
+            return await self._on_chunk(event)
+        if AudioStart.is_type(event.type):
+            return await self._on_audio_start(event)
+        if AudioStop.is_type(event.type):
+            return await self._on_audio_stop()
+        if Transcribe.is_type(event.type):
+            return await self._on_transcribe(event)
+        if Describe.is_type(event.type):
+            await self._write(self.context.info)
+            return True
+        return True
+
+    async def disconnect(self) -> None:
+        await self._end_session()
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    async def _on_transcribe(self, event: Event) -> bool:
+        if self._in_utterance:
+            _LOGGER.warning("%s: transcribe during an utterance ignored", self.peer)
+            return True
+        try:
+            request = Transcribe.from_event(event)
+            if request.language is not None and not isinstance(request.language, str):
+                raise TypeError("language")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            await self._answer_error("bad-event", "transcribe: 'language' must be a string")
+            return True
+        self._request = request
+        return True
+
+    async def _on_audio_start(self, event: Event) -> bool:
+        try:
+            start = AudioStart.from_event(event)
+            fmt = _format_of(start.rate, start.width, start.channels)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            await self._answer_error("bad-event", "audio-start needs integer rate, width and channels")
+            self._in_utterance, self._answered = True, True
+            return True
+        if self._in_utterance:
+            _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.peer)
+            await self._end_session()
+        await self._begin_utterance(fmt)
+        return True
+
+    async def _on_chunk(self, event: Event) -> bool:
+        try:
+            chunk = AudioChunk.from_event(event)
+            fmt = _format_of(chunk.rate, chunk.width, chunk.channels)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            if not self._answered:
+                await self._fail_utterance(
+                    SessionError("bad-event", "audio-chunk needs integer rate, width and channels")
+                )
+            return True
+        if not self._in_utterance:
+            # Chunks without audio-start: the chunk's own format starts the utterance.
+            await self._begin_utterance(fmt)
+        session = self._session
+        if session is None or self._answered or not chunk.audio:
+            return True
+        try:
+            session.feed(chunk.audio, fmt)
+        except SessionError as error:
+            await self._fail_utterance(error)
+        return True
+
+    async def _on_audio_stop(self) -> bool:
+        if not self._in_utterance:
+            await self._answer_error("bad-event", "audio-stop without audio")
+            return False
+        session = self._session
+        if session is None or self._answered:
+            await self._end_session()
+            return False
+        try:
+            result = await session.finish()
+        except SessionError as error:
+            await self._fail_utterance(error)
+            await self._end_session()
+            return False
+        await self._stop_partials()
+        text = result.text
+        if text.startswith(self._emitted) and len(text) > len(self._emitted):
+            await self._start_stream()
+            await self._write(TranscriptChunk(text[len(self._emitted) :]).event())
+        language = self._request.language
+        await self._write(Transcript(text=text, language=language).event())
+        if self._started_stream:
+            await self._write(TranscriptStop().event())
+        _LOGGER.info(
+            "session %s: %s %s, %.1f s of audio → %d chars, final %.0f ms after audio-stop%s",
+            session.id,
+            session.adapter.name,
+            language or "-",
+            result.audio_seconds,
+            len(text),
+            result.final_latency * 1000,
+            "" if text else " (no speech recognised)",
+        )
+        _LOGGER.debug("session %s: transcript %r", session.id, text)
+        if self.context.on_result is not None:
+            self.context.on_result(
+                {
+                    "session": session.id,
+                    "peer": self.peer,
+                    "vendor": session.adapter.name,
+                    "language": language,
+                    "text": text,
+                    "audio_seconds": result.audio_seconds,
+                }
+            )
+        await self._end_session()
+        return False
+
+    # -- utterance lifecycle -------------------------------------------------------------------------
+
+    async def _begin_utterance(self, fmt: AudioFormat) -> None:
+        self._in_utterance = True
+        self._answered = False
+        self._emitted = ""
+        self._started_stream = False
+        language = self._request.language
+        adapter = self.context.router.route(language)
+        session_id = uuid.uuid4().hex[:8]
+        if adapter is None:
+            served = ", ".join(self.context.router.languages()) or "none: no vendor is configured"
+            await self._fail_utterance(
+                SessionError("unsupported-language", f"no vendor serves language {language!r} (served: {served})")
+            )
+            return
+        phrases = tuple((self._request.transcript_names or []) + (self._request.transcript_terms or []))
+        options = StreamOptions(
+            language=language or (adapter.languages[0] if adapter.languages else ""),
+            phrases=tuple(p for p in phrases if isinstance(p, str)),
+            session_id=session_id,
+        )
+        session = Session(adapter, options, self.context.limits, on_partial=self._on_partial)
+        self._session = session
+        self.context.sessions.add(session)
+        session.outcome.add_done_callback(self._on_outcome)
+        self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {session_id}")
+        _LOGGER.info(
+            "session %s: %s → %s (%s), audio %d Hz/%d-bit/%d ch",
+            session_id,
+            self.peer,
+            adapter.name,
+            language or "default",
+            fmt.rate,
+            fmt.width * 8,
+            fmt.channels,
+        )
+
+    def _on_outcome(self, outcome: asyncio.Future[SessionTranscript]) -> None:
+        # A failure before audio-stop is reported at once (newer Home Assistant reads while it uploads).
+        if outcome.cancelled() or self._answered or self._closing:
+            return
+        error = outcome.exception()
+        session = self._session
+        if isinstance(error, SessionError) and session is not None and not session.finishing:
+            self._early_failure = asyncio.create_task(self._fail_utterance(error))
+
+    async def _fail_utterance(self, error: SessionError) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        session = self._session
+        sid = session.id if session else "-"
+        level = logging.ERROR if error.fatal else logging.WARNING
+        _LOGGER.log(level, "session %s: %s failed: %s (%s)", sid, self.peer, error.message, error.code)
+        await self._stop_partials()
+        await self._answer_error(error.code, error.message)
+        if session is not None:
+            session.fail(error)
+
+    async def _end_session(self) -> None:
+        await self._stop_partials()
+        session, self._session = self._session, None
+        self._in_utterance = False
+        if session is not None:
+            self.context.sessions.discard(session)
+            await session.aclose()
+
+    # -- partial transcripts --------------------------------------------------------------------------
+
+    def _on_partial(self, text: str) -> None:
+        self._partial_text = text
+        self._partial_wakeup.set()
+
+    async def _pump_partials(self) -> None:
+        """Send partial progress as transcript-chunk deltas.
+
+        The latest hypothesis wins: a client that reads slowly lags behind, its backlog never piles up.
+        """
+        while True:
+            await self._partial_wakeup.wait()
+            self._partial_wakeup.clear()
+            text = self._partial_text
+            # Chunks only ever append: a revised hypothesis waits until it extends what was sent again.
+            if text.startswith(self._emitted) and len(text) > len(self._emitted):
+                delta = text[len(self._emitted) :]
+                await self._start_stream()
+                self._emitted = text
+                await self._write(TranscriptChunk(delta).event())
+
+    async def _stop_partials(self) -> None:
+        pump, self._partial_pump = self._partial_pump, None
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _start_stream(self) -> None:
+        if not self._started_stream:
+            self._started_stream = True
+            await self._write(TranscriptStart(language=self._request.language).event())
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    async def _answer_error(self, code: str, message: str) -> None:
+        await self._write(Error(text=redact(message), code=code).event())
+
+    async def _write(self, event: Event) -> None:
+        if self._closing:
+            return
+        try:
+            async with self._write_lock:
+                await asyncio.wait_for(async_write_event(event, self.writer), WRITE_TIMEOUT)
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            _LOGGER.info("%s: cannot write to the client (%s); closing", self.peer, type(exc).__name__)
+            self._closing = True
+            self.writer.close()
+            self.reader.feed_eof()
+
+
+def _format_of(rate: object, width: object, channels: object) -> AudioFormat:
+    values = (rate, width, channels)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError("bad audio format")
+    return AudioFormat(int(rate), int(width), int(channels))  # type: ignore[call-overload]

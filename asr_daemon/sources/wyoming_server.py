@@ -1,0 +1,158 @@
+"""The Wyoming listener: accepts connections and runs one handler per connection, within limits.
+
+Events are framed by the ``wyoming`` package; this module only bounds what a peer can make us hold:
+the header line is limited by the stream reader, and the ``data_length``/``payload_length`` a peer claims
+are checked before any byte is read (the library would otherwise read whatever size is claimed). Past
+``max_sessions`` a new connection gets an ``error`` event and is closed, so a flood costs the flooder only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from wyoming.error import Error
+from wyoming.event import async_write_event
+from wyoming.server import AsyncEventHandler
+
+_LOGGER = logging.getLogger(__name__)
+
+# Longest JSON header line a peer may send.
+MAX_HEADER_LINE = 64 * 1024
+
+
+class BoundedStreamReader(asyncio.StreamReader):
+    """A stream reader that refuses claimed sizes above a limit instead of buffering them."""
+
+    def __init__(self, max_block: int) -> None:
+        super().__init__(limit=MAX_HEADER_LINE)
+        self.max_block = max_block
+        # Why reading stopped, when it was the peer's fault (read by the handler for its error event).
+        self.violation: str | None = None
+
+    async def readexactly(self, n: int) -> bytes:
+        if n < 0 or n > self.max_block:
+            self.violation = f"event claims {n} bytes; the limit is {self.max_block}"
+            raise ValueError(self.violation)
+        return await super().readexactly(n)
+
+    async def readline(self) -> bytes:
+        try:
+            return await super().readline()
+        except ValueError:
+            self.violation = f"event header longer than {MAX_HEADER_LINE} bytes"
+            raise
+
+
+HandlerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], AsyncEventHandler]
+
+
+class WyomingServer:
+    """Listens on a ``tcp://`` or ``unix://`` URI and serves each connection with a fresh handler."""
+
+    def __init__(self, uri: str, handler_factory: HandlerFactory, *, max_sessions: int, max_event_bytes: int) -> None:
+        self.uri = uri
+        self._factory = handler_factory
+        self.max_sessions = max_sessions
+        self.max_event_bytes = max_event_bytes
+        self._server: asyncio.Server | None = None
+        self.handlers: dict[asyncio.Task[None], AsyncEventHandler] = {}
+        self.connections_total = 0
+        self.rejected_total = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.handlers)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        parsed = urlparse(self.uri)
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(BoundedStreamReader(self.max_event_bytes), self._on_connection)
+
+        if parsed.scheme == "unix":
+            path = Path(parsed.path)
+            path.unlink(missing_ok=True)  # noqa: ASYNC240 - a stale socket from a previous run, once at start
+            self._server = await loop.create_unix_server(protocol, path=str(path))
+        else:
+            self._server = await loop.create_server(
+                protocol, host=parsed.hostname, port=parsed.port or 0, reuse_address=True
+            )
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    @property
+    def port(self) -> int | None:
+        for sock in self.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+        return None
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for running connections to end, then stop the rest."""
+        # Connections between utterances have nothing to finish: close them now.
+        for handler in list(self.handlers.values()):
+            if not getattr(handler, "in_utterance", False):
+                await handler.stop()
+        tasks = list(self.handlers)
+        if tasks:
+            _LOGGER.info("waiting up to %g s for %d connection(s) to finish", timeout, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                running = self.handlers.get(task)
+                if running is not None:
+                    await running.stop()
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if urlparse(self.uri).scheme == "unix":
+            Path(urlparse(self.uri).path).unlink(missing_ok=True)  # noqa: ASYNC240 - once, at shutdown
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections_total += 1
+        if len(self.handlers) >= self.max_sessions:
+            self.rejected_total += 1
+            _LOGGER.warning(
+                "refusing a connection from %s: %d sessions are running (max_sessions)",
+                _peer(writer),
+                len(self.handlers),
+            )
+            with contextlib.suppress(Exception):
+                busy = Error(text=f"server busy: {self.max_sessions} sessions are running", code="busy")
+                await asyncio.wait_for(async_write_event(busy.event(), writer), 2)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        handler = self._factory(reader, writer)
+        self.handlers[task] = handler
+        try:
+            await handler.run()
+        except Exception:
+            _LOGGER.exception("connection handler failed")
+        finally:
+            self.handlers.pop(task, None)
+            writer.close()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "local socket")
