@@ -245,6 +245,9 @@ async def _emulate(args: argparse.Namespace) -> int:
     emulator = registry.emulator_class(args.vendor)(options)
     await emulator.start(args.host, args.port)
     print(f"{args.vendor} emulator listening; configure vendors.{args.vendor}.url: {emulator.url}", flush=True)
+    token_url = getattr(emulator, "token_url", None)
+    if token_url:
+        print(f"and vendors.{args.vendor}.token_url: {token_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

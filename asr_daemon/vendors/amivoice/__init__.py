@@ -1,0 +1,1 @@
+"""AmiVoice Cloud Platform (Advanced Media, Japan): WebSocket ``s``/``p``/``e`` commands, S/E/C/U/A events."""

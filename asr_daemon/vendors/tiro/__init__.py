@@ -1,0 +1,1 @@
+"""Tiro / Talgreinir (Icelandic): JSON over WebSocket through a grpc-gateway proxy."""

@@ -1,0 +1,91 @@
+"""Tiro connection recipe: the key travels as a ``token`` query parameter of the WebSocket URL.
+
+That URL is therefore a secret in itself: it is built here, handed to the transport, and never logged
+(``redact()`` masks ``token=`` values wherever a URL does end up in a message).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field
+
+from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from .codec import TiroCodec
+
+TOKEN_PARAMETER = "token"
+
+
+class TiroSettings(VendorSettings):
+    """``vendors.tiro``: Icelandic recognition on Tiro's Talgreinir service."""
+
+    languages: list[str] = Field(
+        default_factory=lambda: ["is", "is-IS"],
+        description="Wyoming language codes routed to Tiro (Icelandic)",
+    )
+    language_code: str = Field(
+        default="is-IS",
+        min_length=1,
+        description="Tiro model language code sent in every stream (e.g. is-IS)",
+    )
+    punctuation: bool = Field(default=True, description="Ask Tiro for punctuation and capitalisation")
+    interim_results: bool = Field(default=True, description="Ask for partial transcripts while audio arrives")
+    word_time_offsets: bool = Field(default=True, description="Ask for word times (gives each segment's span)")
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=<token>`` in its query (replacing a token already there, keeping the rest)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAMETER]
+    query.append((TOKEN_PARAMETER, token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def token_in(url: str) -> str:
+    """The ``token`` query parameter of ``url`` ('' when there is none)."""
+    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if key == TOKEN_PARAMETER:
+            return value
+    return ""
+
+
+class TiroAdapter(VendorAdapter):
+    name: ClassVar[str] = "tiro"
+    settings_model: ClassVar[type[VendorSettings]] = TiroSettings
+    default_url: ClassVar[str] = "wss://speech.talgreinir.is/v2beta1/speech:streamingrecognize"
+
+    @property
+    def tiro_settings(self) -> TiroSettings:
+        settings = self.settings
+        if not isinstance(settings, TiroSettings):
+            # Settings validated as the base model (e.g. built by hand): read Tiro's keys with their defaults.
+            settings = TiroSettings.model_validate(settings.model_dump())
+        return settings
+
+    async def prepare(self, options: StreamOptions) -> ConnectRequest:
+        key = self.settings.key()
+        url = self.endpoint
+        if key:
+            url = with_token(url, key)
+        elif not token_in(url):
+            # The vendor would refuse the stream anyway; naming the missing setting helps more.
+            missing = "no Tiro API key configured (set vendors.tiro.api_key or api_key_file)"
+            raise VendorFailure(VendorError(missing, fatal=True))
+        # The vendor's proxy reads continuously, so it answers pings; they find a dead link in long streams.
+        return ConnectRequest(url=url, ping_interval=20.0, ping_timeout=20.0)
+
+    def new_codec(self, options: StreamOptions) -> TiroCodec:
+        # Tiro recognises the model named by ``language_code``; every language routed here uses it.
+        settings = self.tiro_settings
+        return TiroCodec(
+            settings.language_code,
+            interim_results=settings.interim_results,
+            punctuation=settings.punctuation,
+            word_time_offsets=settings.word_time_offsets,
+        )
+
+    def secrets(self) -> list[str]:
+        # A token written into ``url`` by hand is as secret as ``api_key``.
+        found = [*super().secrets(), token_in(self.settings.url or "")]
+        return [secret for secret in found if secret]
