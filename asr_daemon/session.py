@@ -1,9 +1,16 @@
 """One utterance, from the first audio byte to a final transcript or an error.
 
-The session opens the vendor stream in the background while audio keeps arriving (nothing is lost while the
-connection is being set up: audio waits in the outbox), normalises and re-chunks audio to what the vendor
-wants, ends the stream at ``finish()`` and waits for the vendor's completion under a deadline. Its
-``outcome`` future always resolves: with the joined transcript, or with a ``SessionError`` that says why not.
+The session opens the vendor stream in the background while audio keeps arriving (audio accepted meanwhile
+waits in the replay buffer, so none is lost), sends it re-chunked to the vendor's preferred size, ends the
+stream at ``finish()`` and waits for the vendor's completion under a deadline. Its ``outcome`` future
+always resolves: with the joined transcript, or with a ``SessionError`` that says why not.
+
+When the vendor connection fails mid-utterance (a drop, a stall, a transient vendor error) the session
+reconnects with backoff and replays the audio that no final result covers yet, paced no faster than the
+vendor accepts. Finals from before and after the drop are stitched in utterance order with their times
+corrected; finals that cannot be placed in time (vendors that give none) are recognised again from the
+replayed audio instead of being kept twice. Fatal errors (bad key, rejected configuration) end the
+utterance at once, never retried.
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .audio.chunker import Rechunker
 from .audio.normalise import AudioFormatError, AudioNormaliser
 from .redact import redact
+from .resilience.backoff import Backoff, RetryBudget
+from .resilience.pacing import Pacer
+from .resilience.policy import DEFAULT_POLICY, ResiliencePolicy
+from .resilience.replay import ConnectionTimeline, ReplayBuffer
 from .text import join_segments
 from .vendors.base import (
     AudioFormat,
     FinalResult,
     PartialResult,
+    StreamCodec,
     StreamCompleted,
     StreamOptions,
     VendorAdapter,
@@ -30,6 +42,9 @@ from .vendors.base import (
     VendorFailure,
 )
 from .vendors.transport import VendorStream
+
+if TYPE_CHECKING:
+    from .resilience.prewarm import StreamPool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +69,7 @@ class SessionError(Exception):
 class SessionLimits:
     max_audio_seconds: float = 60.0
     final_timeout: float = 10.0
+    policy: ResiliencePolicy = DEFAULT_POLICY
 
 
 @dataclass
@@ -65,13 +81,21 @@ class Transcript:
     audio_seconds: float = 0.0
     # Seconds from audio-stop to the vendor's completion.
     final_latency: float = 0.0
+    # Vendor connections that failed and were replaced, and the audio sent again because of it.
+    reconnects: int = 0
+    replayed_bytes: int = 0
 
 
-_END = object()
+class _ConnectionLost(Exception):
+    """The current vendor connection failed in a way a new connection may fix."""
+
+    def __init__(self, error: VendorError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Session:
-    """Streams one utterance to one vendor."""
+    """Streams one utterance to one vendor, surviving dropped connections."""
 
     def __init__(
         self,
@@ -79,33 +103,49 @@ class Session:
         options: StreamOptions,
         limits: SessionLimits,
         on_partial: Callable[[str], None] | None = None,
+        pool: StreamPool | None = None,
     ) -> None:
         self.adapter = adapter
         self.options = options
         self.limits = limits
+        self.policy = limits.policy
         self.id = options.session_id
         self._on_partial = on_partial
-        self._stream = VendorStream(adapter, options)
-        target: AudioFormat = self._stream.codec.audio_format
-        self._target = target
-        self._normaliser = AudioNormaliser(target)
-        self._chunker = Rechunker(self._stream.codec.chunk_bytes)
-        self._max_bytes = int(limits.max_audio_seconds * target.bytes_per_second)
-        self._accepted = 0
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
-        self._segments: list[FinalResult] = []
+        self._pool = pool
+        codec_class = self._codec_class(adapter, options)
+        self._target: AudioFormat = codec_class.audio_format
+        self._chunk_bytes = codec_class.chunk_bytes
+        self._speed = codec_class.max_send_speed
+        self._keepalive = codec_class.keepalive_seconds
+        self._normaliser = AudioNormaliser(self._target)
+        self._buffer = ReplayBuffer(self._target.bytes_per_second)
+        self._max_bytes = int(limits.max_audio_seconds * self._target.bytes_per_second)
+        self._audio_arrived = asyncio.Event()
+        self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
+        self._pending: list[FinalResult] = []  # finals of the current connection without times
         self._partial = ""
         self._stopped_at: float | None = None
         self._finishing = False
+        self.reconnects = 0
+        self.replayed_bytes = 0
         loop = asyncio.get_running_loop()
         self.outcome: asyncio.Future[Transcript] = loop.create_future()
+        self._stream: VendorStream | None = None
         self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+
+    @staticmethod
+    def _codec_class(adapter: VendorAdapter, options: StreamOptions) -> type[StreamCodec]:
+        try:
+            return type(adapter.new_codec(options))
+        except VendorFailure:
+            # The stream will fail the same way when it connects, with the error reported there.
+            return StreamCodec
 
     # -- the caller's side -------------------------------------------------------------------------------
 
     @property
     def audio_seconds(self) -> float:
-        return self._accepted / self._target.bytes_per_second
+        return self._buffer.end / self._target.bytes_per_second
 
     @property
     def done(self) -> bool:
@@ -125,27 +165,24 @@ class Session:
         except AudioFormatError as exc:
             self.fail(SessionError("bad-audio", f"audio not understood: {exc}"))
             raise self._error() from None
-        self._queue(pcm)
+        self._accept(pcm)
 
     async def finish(self) -> Transcript:
         """No more audio: end the vendor stream and wait (bounded) for the transcript."""
         if not self._finishing and not self.outcome.done():
+            with contextlib.suppress(SessionError):
+                self._accept(self._normaliser.flush())
             self._finishing = True
             self._stopped_at = time.monotonic()
-            with contextlib.suppress(SessionError):
-                self._queue(self._normaliser.flush())
-            rest = self._chunker.flush()
-            if rest:
-                self._outbox.put_nowait(rest)
-            self._outbox.put_nowait(_END)
+            self._audio_arrived.set()
         try:
             return await asyncio.wait_for(asyncio.shield(self.outcome), self.limits.final_timeout)
         except TimeoutError:
             self.fail(
                 SessionError(
                     "timeout",
-                    f"{self.adapter.name}: no final transcript within "
-                    f"{self.limits.final_timeout:g} s of the end of audio",
+                    f"{self.adapter.name}: no final transcript within {self.limits.final_timeout:g} s "
+                    "of the end of audio",
                 )
             )
             raise self._error() from None
@@ -164,7 +201,8 @@ class Session:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        await self._stream.aclose()
+        if self._stream is not None:
+            await self._stream.aclose()
         # Retrieve the exception so asyncio does not warn about it.
         if self.outcome.done() and not self.outcome.cancelled():
             self.outcome.exception()
@@ -176,11 +214,10 @@ class Session:
         assert isinstance(error, SessionError)
         return error
 
-    def _queue(self, pcm: bytes) -> None:
+    def _accept(self, pcm: bytes) -> None:
         if not pcm:
             return
-        self._accepted += len(pcm)
-        if self._accepted > self._max_bytes:
+        if self._buffer.end + len(pcm) > self._max_bytes:
             self.fail(
                 SessionError(
                     "too-long",
@@ -188,83 +225,188 @@ class Session:
                 )
             )
             raise self._error()
-        for chunk in self._chunker.push(pcm):
-            self._outbox.put_nowait(chunk)
+        self._buffer.append(pcm)
+        self._audio_arrived.set()
 
     async def _run(self) -> None:
         name = self.adapter.name
+        backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
+        budget = RetryBudget(self.policy.max_failures)
+        first = True
         try:
-            await self._stream.connect()
-            _LOGGER.debug(
-                "session %s: %s connected in %.0f ms", self.id, name, (self._stream.connect_seconds or 0) * 1000
-            )
-            receiver = asyncio.create_task(self._receive())
-            sender = asyncio.create_task(self._send())
-            try:
-                await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
-                if sender.done() and not receiver.done():
-                    sender.result()
-                    await receiver
-            finally:
-                for task in (receiver, sender):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        except VendorFailure as failure:
-            self.fail(SessionError.from_vendor(name, failure.error))
+            while not self.outcome.done():
+                try:
+                    await self._attempt(first)
+                    return
+                except _ConnectionLost as lost:
+                    failures_left = budget.fail()
+                    self._drop_uncommitted()
+                    if not failures_left:
+                        self.fail(
+                            SessionError(
+                                "vendor-error",
+                                redact(f"{name}: gave up after {budget.failures} failed connections: "
+                                       f"{lost.error.message}"),
+                            )
+                        )
+                        return
+                    delay = backoff.next_delay()
+                    replay = self._buffer.end - self._buffer.start
+                    _LOGGER.warning(
+                        "session %s: %s connection lost (%s); reconnecting in %.2f s, replaying %.1f s of audio",
+                        self.id, name, redact(lost.error.message), delay, replay / self._target.bytes_per_second,
+                    )
+                    await asyncio.sleep(delay)
+                    self.reconnects += 1
+                    first = False
+                    if budget.failures == 0:
+                        backoff.reset()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             _LOGGER.exception("session %s: internal error", self.id)
             self.fail(SessionError("internal", f"internal error: {exc}"))
         finally:
-            await self._stream.aclose()
+            if self._stream is not None:
+                await self._stream.aclose()
             if not self.outcome.done():
                 self.fail(SessionError("vendor-error", f"{name}: the stream ended without a result"))
 
-    async def _send(self) -> None:
-        await self._stream.wait_ready()
-        while True:
-            item = await self._outbox.get()
-            if self._stream.closed:
-                return
-            if item is _END:
-                await self._stream.end()
-                return
-            assert isinstance(item, bytes)
-            await self._stream.send_audio(item)
+    async def _attempt(self, first: bool) -> None:
+        """One vendor connection: connect, (re)send the buffered audio, stream, complete."""
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+        stream = self._pool.take(self.options) if (first and self._pool is not None) else None
+        if stream is None:
+            stream = VendorStream(self.adapter, self.options, self.policy)
+            self._stream = stream
+            try:
+                await stream.connect()
+            except VendorFailure as failure:
+                if failure.error.fatal:
+                    self.fail(SessionError.from_vendor(self.adapter.name, failure.error))
+                    return
+                raise _ConnectionLost(failure.error) from None
+            _LOGGER.debug("session %s: %s connected in %.0f ms", self.id, self.adapter.name,
+                          (stream.connect_seconds or 0) * 1000)
+        else:
+            self._stream = stream
+            _LOGGER.debug("session %s: took a pre-warmed %s connection", self.id, self.adapter.name)
+        # The vendor's clock started at this connection's first audio byte (keepalive silence of a pre-warmed
+        # connection included); utterance audio starts at the buffer's start.
+        timeline = stream.timeline or ConnectionTimeline(0, self._target.bytes_per_second)
+        timeline.base = self._buffer.start
+        stream.timeline = timeline
+        if not first:
+            self.replayed_bytes += self._buffer.end - self._buffer.start
+        receiver = asyncio.create_task(self._receive(stream, timeline))
+        sender = asyncio.create_task(self._send(stream, timeline, replaying=not first))
+        try:
+            done, _ = await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:
+                sender.result()
+            await receiver
+        finally:
+            for task in (receiver, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _ConnectionLost):
+                    await task
 
-    async def _receive(self) -> None:
+    async def _send(self, stream: VendorStream, timeline: ConnectionTimeline, replaying: bool) -> None:
+        if not stream.ready:
+            try:
+                await asyncio.wait_for(stream.wait_ready(), self.policy.response_timeout)
+            except TimeoutError:
+                raise _ConnectionLost(VendorError(
+                    f"the vendor did not accept the stream within {self.policy.response_timeout:g} s")) from None
+        # The first connection gets audio at the client's own pace; a replay would burst, so it is paced.
+        pacer = Pacer(self._target.bytes_per_second, self._speed if replaying else None)
+        position = self._buffer.start
+        silence = b"\x00" * self._chunk_bytes
+        while not stream.closed:
+            available = self._buffer.end - position
+            if available >= self._chunk_bytes or (self._finishing and available > 0):
+                chunk = self._buffer.read(position, self._chunk_bytes)
+                delay = pacer.delay_for(len(chunk))
+                if delay:
+                    await asyncio.sleep(delay)
+                await stream.send_audio(chunk)
+                pacer.sent_bytes(len(chunk))
+                timeline.audio(len(chunk))
+                position += len(chunk)
+                continue
+            if self._finishing:
+                await stream.end()
+                return
+            self._audio_arrived.clear()
+            try:
+                await asyncio.wait_for(self._audio_arrived.wait(), self._keepalive)
+            except TimeoutError:
+                # The client paused: keep the vendor's idle limit from cutting the stream.
+                await stream.send_audio(silence)
+                timeline.silence(len(silence))
+
+    async def _receive(self, stream: VendorStream, timeline: ConnectionTimeline) -> None:
         name = self.adapter.name
         while True:
-            event = await self._stream.events.get()
+            # Once the vendor owes us the final answer, silence from it means a dead link.
+            timeout = self.policy.response_timeout if stream.codec.ended else None
+            try:
+                event = await asyncio.wait_for(stream.events.get(), timeout)
+            except TimeoutError:
+                raise _ConnectionLost(VendorError(
+                    f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio"
+                )) from None
             if isinstance(event, PartialResult):
                 self._partial = event.text
                 self._report_partial()
             elif isinstance(event, FinalResult):
-                self._segments.append(event)
+                self._on_final(event, timeline)
                 self._partial = ""
                 self._report_partial()
             elif isinstance(event, StreamCompleted):
-                if not self._finishing:
-                    # The vendor ended the stream by itself (e.g. an idle cut): the audio after is not covered.
-                    self.fail(
-                        SessionError("vendor-error", f"{name}: the vendor ended the stream before the end of audio")
-                    )
-                    return
-                latency = time.monotonic() - (self._stopped_at or time.monotonic())
-                text = join_segments(self.options.language, [s.text for s in self._segments])
-                if not self.outcome.done():
-                    self.outcome.set_result(Transcript(text, list(self._segments), self.audio_seconds, latency))
+                if not self._finishing or not stream.codec.ended:
+                    raise _ConnectionLost(VendorError("the vendor ended the stream before the end of audio"))
+                self._complete()
                 return
             elif isinstance(event, VendorError):
-                self.fail(SessionError.from_vendor(name, event))
-                return
+                if event.fatal:
+                    self.fail(SessionError.from_vendor(name, event))
+                    return
+                raise _ConnectionLost(event)
+
+    def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
+        if final.end_ms is None:
+            self._pending.append(final)
+            return
+        start = timeline.to_utterance_ms(final.start_ms) if final.start_ms is not None else None
+        end_position = timeline.to_utterance_bytes(final.end_ms)
+        placed = FinalResult(final.text, start, end_position * 1000 // self._target.bytes_per_second)
+        # Everything recognised so far on this connection is now safe: its audio is no longer needed.
+        self._committed.extend(self._pending)
+        self._pending.clear()
+        self._committed.append(placed)
+        self._buffer.trim(end_position)
+
+    def _drop_uncommitted(self) -> None:
+        # Finals without times are recognised again from the replayed audio; keeping them would repeat them.
+        self._pending.clear()
+        self._partial = ""
+
+    def _complete(self) -> None:
+        segments = self._committed + self._pending
+        latency = time.monotonic() - (self._stopped_at or time.monotonic())
+        text = join_segments(self.options.language, [s.text for s in segments])
+        if not self.outcome.done():
+            self.outcome.set_result(
+                Transcript(text, segments, self.audio_seconds, latency, self.reconnects, self.replayed_bytes)
+            )
 
     def _report_partial(self) -> None:
         if self._on_partial is None:
             return
-        texts = [s.text for s in self._segments]
+        texts = [s.text for s in self._committed + self._pending]
         if self._partial:
             texts.append(self._partial)
         try:

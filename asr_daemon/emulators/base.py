@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import math
@@ -29,6 +30,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 _LOGGER = logging.getLogger(__name__)
+
+# The client connection being served, for fault hooks called without it.
+_CONNECTION: contextvars.ContextVar[ServerConnection] = contextvars.ContextVar("emulator_connection")
 
 FRAME_MS = 10
 SAMPLE_RATE = 16000
@@ -49,6 +53,8 @@ class Fault(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     # Hold the final answer back by ``slow_final_seconds``.
     SLOW_FINAL = "slow_final"
+    # Cut the TCP connection (no close frame) when the end of audio arrives, before the final answer.
+    DROP_AT_END = "drop_at_end"
 
 
 @dataclass
@@ -353,10 +359,17 @@ class Emulator(ABC):
         return True
 
     async def before_final(self, record: StreamRecord) -> None:
-        """Apply SLOW_FINAL."""
+        """Apply SLOW_FINAL and DROP_AT_END (called when the end of audio arrived, before the final answer)."""
         if self.fault_active(record, Fault.SLOW_FINAL):
             record.fault_applied = True
             await asyncio.sleep(self.options.slow_final_seconds)
+        if self.fault_active(record, Fault.DROP_AT_END):
+            record.fault_applied = True
+            connection = _CONNECTION.get(None)
+            if connection is not None:
+                self._logger.info("fault: dropping stream %d at the end of audio", record.index)
+                connection.transport.abort()
+                raise ConnectionClosed(None, None)
 
     async def drain_stalled(self, connection: ServerConnection) -> None:
         """A stalled vendor: read and discard everything, answer nothing, until the client gives up."""
@@ -380,6 +393,7 @@ class Emulator(ABC):
         return self.authorize(request)
 
     async def _connection(self, connection: ServerConnection) -> None:
+        _CONNECTION.set(connection)
         try:
             await self.handle(connection)
         except ConnectionClosed:

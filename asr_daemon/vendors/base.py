@@ -129,6 +129,12 @@ class StreamCodec(ABC):
     audio_format: ClassVar[AudioFormat] = PCM16K
     # Preferred audio bytes per message (100 ms of 16 kHz s16le mono by default).
     chunk_bytes: ClassVar[int] = 3200
+    # The fastest the vendor accepts audio, as a multiple of real time (None: no limit). Audio replayed after
+    # a reconnection is paced to it after an initial one-second burst.
+    max_send_speed: ClassVar[float | None] = None
+    # Send silence after this many seconds without client audio, for vendors that cut idle streams and
+    # have no keepalive message (None: the vendor needs none).
+    keepalive_seconds: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         self.ready = False

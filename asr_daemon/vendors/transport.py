@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .. import __version__
 from ..redact import redact
+from ..resilience.policy import DEFAULT_POLICY, ResiliencePolicy
 from .base import (
     Outgoing,
     StreamCodec,
@@ -29,6 +32,9 @@ from .base import (
     VendorEvent,
     VendorFailure,
 )
+
+if TYPE_CHECKING:
+    from ..resilience.replay import ConnectionTimeline
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,10 +58,13 @@ def rejection_error(status: int, body: bytes) -> VendorError:
 class VendorStream:
     """One recognition stream over one WebSocket, driven by a codec."""
 
-    def __init__(self, adapter: VendorAdapter, options: StreamOptions) -> None:
+    def __init__(self, adapter: VendorAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY) -> None:
         self.adapter = adapter
         self.options = options
+        self.policy = policy
         self.codec: StreamCodec = adapter.new_codec(options)
+        # The audio clock of this connection, kept by whoever sends audio (keepalive silence included).
+        self.timeline: ConnectionTimeline | None = None
         self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.connect_seconds: float | None = None
         self._ws: ClientConnection | None = None
@@ -69,12 +78,14 @@ class VendorStream:
         timeout = self.adapter.settings.connect_timeout
         try:
             request = await asyncio.wait_for(self.adapter.prepare(self.options), timeout)
+            # Where the vendor answers pings, they detect a dead link within the policy's bound.
+            pings = request.ping_interval is not None
             self._ws = await connect(
                 request.url,
                 additional_headers=dict(request.headers),
                 open_timeout=timeout,
-                ping_interval=request.ping_interval,
-                ping_timeout=request.ping_timeout,
+                ping_interval=min(request.ping_interval or 0, self.policy.ping_interval) if pings else None,
+                ping_timeout=self.policy.ping_timeout if pings else None,
                 close_timeout=2,
                 max_size=MAX_VENDOR_MESSAGE,
                 max_queue=64,
@@ -92,6 +103,7 @@ class VendorStream:
         except (OSError, InvalidHandshake) as exc:
             raise VendorFailure(VendorError(f"cannot connect to the vendor: {redact(str(exc))}")) from None
         self.connect_seconds = time.monotonic() - started
+        self._limit_unacknowledged_data()
         response = self._ws.response
         if response is not None:
             for name in request.log_headers:
@@ -135,6 +147,15 @@ class VendorStream:
 
     async def end(self) -> None:
         await self.send(self.codec.end())
+
+    def _limit_unacknowledged_data(self) -> None:
+        """A path that goes dark while we send is noticed by TCP itself within the policy's bound."""
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        sock = self._ws.transport.get_extra_info("socket") if self._ws is not None else None
+        if option is None or sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(self.policy.tcp_user_timeout * 1000))
 
     async def aclose(self) -> None:
         """Close the connection and stop reading."""

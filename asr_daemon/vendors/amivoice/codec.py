@@ -76,6 +76,8 @@ class AmiVoiceCodec(StreamCodec):
     audio_format: ClassVar[AudioFormat] = PCM16K
     # 100 ms of audio per ``p`` packet: real-time friendly, 10 frames a second.
     chunk_bytes: ClassVar[int] = 3200
+    # AmiVoice cuts a stream after 60 s without data and has no keepalive message.
+    keepalive_seconds: ClassVar[float | None] = 30.0
 
     def __init__(self, engine: str, authorization: str, parameters: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__()

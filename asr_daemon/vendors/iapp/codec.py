@@ -43,6 +43,8 @@ class IAppCodec(StreamCodec):
 
     # 40 ms: the frame the upstream iFlyTek real-time engine asks for; the iApp sample sends 1024 B (32 ms).
     chunk_bytes: ClassVar[int] = 1280
+    # The upstream engine wants audio at about real time; iApp's own sample sends 1.6x.
+    max_send_speed: ClassVar[float | None] = 2.0
 
     def __init__(self) -> None:
         super().__init__()

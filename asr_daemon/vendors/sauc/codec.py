@@ -269,6 +269,9 @@ class SaucCodec(StreamCodec):
 
     # 200 ms of 16 kHz s16le mono: the packet size the vendor recommends for bidirectional streaming.
     chunk_bytes: ClassVar[int] = 6400
+    # Packets are meant to come every 100-200 ms; the session ends after ~8 s without one.
+    max_send_speed: ClassVar[float | None] = 2.0
+    keepalive_seconds: ClassVar[float | None] = 3.0
     # PCM barely compresses; level 1 keeps gzip at tens of microseconds per packet on a Pi.
     audio_level: ClassVar[int] = 1
 

@@ -45,6 +45,8 @@ class YatingCodec(StreamCodec):
 
     # 2000 bytes (1/16 s): the chunk size the vendor's documentation asks for.
     chunk_bytes: ClassVar[int] = 2000
+    # Yating expects audio at about real time.
+    max_send_speed: ClassVar[float | None] = 2.0
 
     def __init__(self) -> None:
         super().__init__()
