@@ -39,6 +39,7 @@ from .vendors.base import (
     StreamOptions,
     VendorAdapter,
     VendorError,
+    VendorEvent,
     VendorFailure,
 )
 from .vendors.transport import VendorStream
@@ -118,7 +119,7 @@ class Session:
         self._speed = codec_class.max_send_speed
         self._keepalive = codec_class.keepalive_seconds
         self._normaliser = AudioNormaliser(self._target)
-        self._buffer = ReplayBuffer(self._target.bytes_per_second)
+        self._buffer = ReplayBuffer(self._target.bytes_per_second, align=self._target.bytes_for_ms(10))
         self._max_bytes = int(limits.max_audio_seconds * self._target.bytes_per_second)
         self._audio_arrived = asyncio.Event()
         self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
@@ -245,8 +246,9 @@ class Session:
                         self.fail(
                             SessionError(
                                 "vendor-error",
-                                redact(f"{name}: gave up after {budget.failures} failed connections: "
-                                       f"{lost.error.message}"),
+                                redact(
+                                    f"{name}: gave up after {budget.failures} failed connections: {lost.error.message}"
+                                ),
                             )
                         )
                         return
@@ -254,7 +256,11 @@ class Session:
                     replay = self._buffer.end - self._buffer.start
                     _LOGGER.warning(
                         "session %s: %s connection lost (%s); reconnecting in %.2f s, replaying %.1f s of audio",
-                        self.id, name, redact(lost.error.message), delay, replay / self._target.bytes_per_second,
+                        self.id,
+                        name,
+                        redact(lost.error.message),
+                        delay,
+                        replay / self._target.bytes_per_second,
                     )
                     await asyncio.sleep(delay)
                     self.reconnects += 1
@@ -288,8 +294,9 @@ class Session:
                     self.fail(SessionError.from_vendor(self.adapter.name, failure.error))
                     return
                 raise _ConnectionLost(failure.error) from None
-            _LOGGER.debug("session %s: %s connected in %.0f ms", self.id, self.adapter.name,
-                          (stream.connect_seconds or 0) * 1000)
+            _LOGGER.debug(
+                "session %s: %s connected in %.0f ms", self.id, self.adapter.name, (stream.connect_seconds or 0) * 1000
+            )
         else:
             self._stream = stream
             _LOGGER.debug("session %s: took a pre-warmed %s connection", self.id, self.adapter.name)
@@ -318,8 +325,9 @@ class Session:
             try:
                 await asyncio.wait_for(stream.wait_ready(), self.policy.response_timeout)
             except TimeoutError:
-                raise _ConnectionLost(VendorError(
-                    f"the vendor did not accept the stream within {self.policy.response_timeout:g} s")) from None
+                raise _ConnectionLost(
+                    VendorError(f"the vendor did not accept the stream within {self.policy.response_timeout:g} s")
+                ) from None
         # The first connection gets audio at the client's own pace; a replay would burst, so it is paced.
         pacer = Pacer(self._target.bytes_per_second, self._speed if replaying else None)
         position = self._buffer.start
@@ -350,14 +358,7 @@ class Session:
     async def _receive(self, stream: VendorStream, timeline: ConnectionTimeline) -> None:
         name = self.adapter.name
         while True:
-            # Once the vendor owes us the final answer, silence from it means a dead link.
-            timeout = self.policy.response_timeout if stream.codec.ended else None
-            try:
-                event = await asyncio.wait_for(stream.events.get(), timeout)
-            except TimeoutError:
-                raise _ConnectionLost(VendorError(
-                    f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio"
-                )) from None
+            event = await self._next_event(stream)
             if isinstance(event, PartialResult):
                 self._partial = event.text
                 self._report_partial()
@@ -375,6 +376,23 @@ class Session:
                     self.fail(SessionError.from_vendor(name, event))
                     return
                 raise _ConnectionLost(event)
+
+    async def _next_event(self, stream: VendorStream) -> VendorEvent:
+        """The vendor's next event; once it owes us the final answer, its silence means a dead link."""
+        while not stream.end_sent.is_set():
+            getter = asyncio.ensure_future(stream.events.get())
+            ender = asyncio.ensure_future(stream.end_sent.wait())
+            done, _ = await asyncio.wait((getter, ender), return_when=asyncio.FIRST_COMPLETED)
+            ender.cancel()
+            if getter in done:
+                return getter.result()
+            getter.cancel()
+        try:
+            return await asyncio.wait_for(stream.events.get(), self.policy.response_timeout)
+        except TimeoutError:
+            raise _ConnectionLost(
+                VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")
+            ) from None
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:

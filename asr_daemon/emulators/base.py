@@ -69,6 +69,12 @@ class EmulatorOptions:
     fault: Fault = Fault.NONE
     # Streams the fault applies to: the first N (0 = every stream), so a retry can succeed.
     fault_streams: int = 0
+    # Keep every stream's PCM in its record (tests check which audio reached which connection).
+    keep_pcm: bool = False
+    # Recognise a segment by its audio rather than by its order in the stream: the same speech gets the
+    # same sentence on any connection (as a real recogniser would), and new speech the script's next one.
+    # Needed when a client replays audio on a new connection; off, every stream starts at the script's top.
+    recognise_by_audio: bool = False
     fault_after_bytes: int = 16000
     slow_final_seconds: float = 3.0
     # Seconds without any client message before the vendor's idle cut; None uses the vendor's own limit.
@@ -94,10 +100,14 @@ class StreamRecord:
     headers: dict[str, str] = field(default_factory=dict)
     completed: bool = False
     fault_applied: bool = False
+    # The PCM itself, when the emulator keeps it (``EmulatorOptions.keep_pcm``).
+    pcm: bytearray | None = None
 
     def add_pcm(self, pcm: bytes) -> None:
         self.pcm_bytes += len(pcm)
         self.sha256.update(pcm)
+        if self.pcm is not None:
+            self.pcm += pcm
 
     @property
     def pcm_sha256(self) -> str:
@@ -137,12 +147,32 @@ class SegmentFinal:
 SimEvent = SegmentStarted | SegmentPartial | SegmentFinal
 
 
+# Voiced frames at a segment's onset that identify its audio.
+_FINGERPRINT_FRAMES = 10
+
+
+@dataclass
+class SentenceBook:
+    """Shared by an emulator's streams: which sentence each segment's audio was recognised as."""
+
+    by_fingerprint: dict[bytes, int] = field(default_factory=dict)
+    next_sentence: int = 0
+
+    def sentence_for(self, fingerprint: bytes) -> int:
+        if fingerprint not in self.by_fingerprint:
+            self.by_fingerprint[fingerprint] = self.next_sentence
+            self.next_sentence += 1
+        return self.by_fingerprint[fingerprint]
+
+
 class ScriptedRecognizer:
     """Cuts PCM (16 kHz s16le mono) into segments on silence and 'recognises' each as the next sentence."""
 
-    def __init__(self, options: EmulatorOptions, script: Sequence[str]) -> None:
+    def __init__(self, options: EmulatorOptions, script: Sequence[str], book: SentenceBook | None = None) -> None:
         self._options = options
         self._script = list(script) or ["hello"]
+        self._book = book
+        self._onset = bytearray()
         self._next_sentence = 0
         self._carry = b""
         self._frame_bytes = FRAME_MS * BYTES_PER_MS
@@ -194,6 +224,11 @@ class ScriptedRecognizer:
         if voiced:
             self._silence_run_ms = 0
             self._speech_ms += FRAME_MS
+            if not self._words:
+                self._onset += frame
+                if len(self._onset) < _FINGERPRINT_FRAMES * self._frame_bytes:
+                    return events
+                self._choose_sentence()
             wanted = min(len(self._words) - 1, self._speech_ms // max(self._options.word_ms, 1) + 1)
             if wanted > self._revealed:
                 self._revealed = wanted
@@ -205,16 +240,27 @@ class ScriptedRecognizer:
         return events
 
     def _open_segment(self) -> None:
-        sentence = self._script[self._next_sentence % len(self._script)]
-        self._next_sentence += 1
-        self._words, self._joiner = tokens_of(sentence)
+        self._words = []
+        self._onset.clear()
+        if self._book is None:
+            self._choose_sentence()
         self._in_speech = True
         self._speech_ms = 0
         self._silence_run_ms = 0
         self._revealed = 0
         self._start_ms = self._position_ms - FRAME_MS
 
+    def _choose_sentence(self) -> None:
+        if self._book is not None:
+            index = self._book.sentence_for(hashlib.sha1(self._onset).digest())
+        else:
+            index = self._next_sentence
+            self._next_sentence += 1
+        self._words, self._joiner = tokens_of(self._script[index % len(self._script)])
+
     def _close_segment(self) -> SegmentFinal:
+        if not self._words:
+            self._choose_sentence()
         self._in_speech = False
         end_ms = self._position_ms - self._silence_run_ms
         return SegmentFinal(self._joiner.join(self._words), self._start_ms, end_ms)
@@ -245,6 +291,7 @@ class Emulator(ABC):
     def __init__(self, options: EmulatorOptions | None = None) -> None:
         self.options = options or EmulatorOptions()
         self.streams: list[StreamRecord] = []
+        self._book = SentenceBook()
         self._server: Server | None = None
         self._logger = logging.getLogger(f"asr_daemon.emulators.{self.vendor}")
 
@@ -310,8 +357,14 @@ class Emulator(ABC):
             return self.options.idle_timeout if self.options.idle_timeout is not None else 1.0
         return self.options.idle_timeout if self.options.idle_timeout is not None else self.vendor_idle_timeout
 
+    def idle_timeout_for(self, record: StreamRecord) -> float | None:
+        """The idle limit of one stream: the IDLE_TIMEOUT fault's short limit only where the fault applies."""
+        if self.options.fault is Fault.IDLE_TIMEOUT and not self.fault_active(record, Fault.IDLE_TIMEOUT):
+            return self.vendor_idle_timeout
+        return self.idle_timeout
+
     def new_record(self, connection: ServerConnection | None = None) -> StreamRecord:
-        record = StreamRecord(index=len(self.streams))
+        record = StreamRecord(index=len(self.streams), pcm=bytearray() if self.options.keep_pcm else None)
         if connection is not None and connection.request is not None:
             record.headers = {k.lower(): v for k, v in connection.request.headers.raw_items()}
         self.streams.append(record)
@@ -333,11 +386,15 @@ class Emulator(ABC):
         if self.options.stream_scripts:
             index = record.index if record is not None else max(len(self.streams) - 1, 0)
             script = self.options.stream_scripts[index % len(self.options.stream_scripts)]
-        return ScriptedRecognizer(self.options, script)
+        return self.scripted_recognizer(script)
+
+    def scripted_recognizer(self, script: Sequence[str]) -> ScriptedRecognizer:
+        """A recognizer for ``script`` that follows ``recognise_by_audio``."""
+        return ScriptedRecognizer(self.options, script, self._book if self.options.recognise_by_audio else None)
 
     async def receive(self, connection: ServerConnection, record: StreamRecord) -> str | bytes:
         """Next client message; raises ``TimeoutError`` after the idle limit, ``ConnectionClosed`` at close."""
-        timeout = self.idle_timeout
+        timeout = self.idle_timeout_for(record)
         message = await asyncio.wait_for(connection.recv(), timeout) if timeout else await connection.recv()
         record.messages_in += 1
         return message

@@ -385,11 +385,11 @@ class YatingEmulator(Emulator):
 
     def _script_for(self, grant: TokenGrant) -> ScriptedRecognizer:
         if self.options.script:
-            return ScriptedRecognizer(self.options, self.options.script)
+            return self.scripted_recognizer(self.options.script)
         pipeline = grant.pipeline
         if pipeline == LEGACY_PIPELINE:
             pipeline = _LEGACY_SCRIPT_PIPELINE.get(str(grant.options.get("lang")), "asr-zh-en-std")
-        return ScriptedRecognizer(self.options, DEFAULT_SCRIPTS.get(pipeline, self.default_script))
+        return self.scripted_recognizer(DEFAULT_SCRIPTS.get(pipeline, self.default_script))
 
 
 class _ResultStream:

@@ -15,9 +15,9 @@ class ResiliencePolicy:
     # A vendor that owes us an answer (after the end of audio, or a handshake) and sends nothing for this
     # long is treated as a dead link; where the vendor answers WebSocket pings they detect it in the same bound.
     response_timeout: float = 5.0
-    # Where pings are on: one every ping_interval, dead when unanswered for ping_timeout (≤ 5 s in all).
-    ping_interval: float = 2.0
-    ping_timeout: float = 3.0
+    # Where pings are on: one every ping_interval, dead when unanswered for ping_timeout (≤ 4 s in all).
+    ping_interval: float = 1.5
+    ping_timeout: float = 2.5
     # Unacknowledged TCP data (a path gone dark while we send) kills the socket after this long.
     tcp_user_timeout: float = 5.0
 

@@ -13,8 +13,10 @@ import bisect
 class ReplayBuffer:
     """Audio from ``start`` (a byte position in the utterance) to the newest byte."""
 
-    def __init__(self, bytes_per_second: int) -> None:
+    def __init__(self, bytes_per_second: int, align: int = 2) -> None:
         self.bytes_per_second = bytes_per_second
+        # Trim points fall on whole frames of this size (10 ms), counted from the utterance's start.
+        self.align = align
         self.start = 0
         self._data = bytearray()
 
@@ -33,16 +35,11 @@ class ReplayBuffer:
     def trim(self, position: int) -> None:
         """Forget audio before ``position`` (it is covered by a final result)."""
         position = min(max(position, self.start), self.end)
-        # Keep frame alignment (16-bit samples).
-        position -= (position - self.start) % 2
+        position -= position % self.align
+        if position <= self.start:
+            return
         del self._data[: position - self.start]
         self.start = position
-
-    def ms_to_bytes(self, ms: int) -> int:
-        return self.bytes_per_second * ms // 1000 // 2 * 2
-
-    def bytes_to_ms(self, position: int) -> int:
-        return position * 1000 // self.bytes_per_second
 
 
 class ConnectionTimeline:

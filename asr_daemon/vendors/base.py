@@ -182,6 +182,10 @@ class VendorSettings(BaseModel):
     api_key_file: str | None = Field(default=None, description="File holding the API key")
     languages: list[str] = Field(description="Wyoming language codes routed to this vendor")
     connect_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds to open the connection")
+    prewarm: bool = Field(
+        default=False,
+        description="Keep one connection open and ready so an utterance skips the handshakes (may count as usage)",
+    )
 
     def key(self) -> str:
         """The API key as text ('' when none is configured; the vendor then rejects the stream)."""
@@ -220,6 +224,14 @@ class VendorAdapter(ABC):
     @abstractmethod
     def new_codec(self, options: StreamOptions) -> StreamCodec:
         """A fresh codec for one stream."""
+
+    def stream_variant(self, options: StreamOptions) -> object:
+        """What makes two streams' set-up differ: a pre-warmed connection serves only requests of its variant.
+
+        By default the phrase hints (vendors that send them at the start); vendors whose set-up depends on the
+        language (a Yating pipeline) add that.
+        """
+        return options.phrases
 
 
 class VendorFailure(Exception):

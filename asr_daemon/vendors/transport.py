@@ -58,7 +58,9 @@ def rejection_error(status: int, body: bytes) -> VendorError:
 class VendorStream:
     """One recognition stream over one WebSocket, driven by a codec."""
 
-    def __init__(self, adapter: VendorAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self, adapter: VendorAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY
+    ) -> None:
         self.adapter = adapter
         self.options = options
         self.policy = policy
@@ -71,6 +73,8 @@ class VendorStream:
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
+        # Set once the end of audio went out: from then on the vendor owes us its final answer.
+        self.end_sent = asyncio.Event()
 
     async def connect(self) -> None:
         """Open the connection and start the stream; raises ``VendorFailure``."""
@@ -147,6 +151,7 @@ class VendorStream:
 
     async def end(self) -> None:
         await self.send(self.codec.end())
+        self.end_sent.set()
 
     def _limit_unacknowledged_data(self) -> None:
         """A path that goes dark while we send is noticed by TCP itself within the policy's bound."""

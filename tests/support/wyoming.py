@@ -50,6 +50,9 @@ async def transcribe(
     language: str | None,
     chunk_bytes: int = 320,
     realtime: bool = False,
+    speed: float = 0.0,
+    pause_at: int | None = None,
+    pause_seconds: float = 0.0,
     rate: int = RATE,
     width: int = WIDTH,
     channels: int = CHANNELS,
@@ -58,7 +61,13 @@ async def transcribe(
     host: str = "127.0.0.1",
     timeout: float = 30.0,
 ) -> WyomingResult:
-    """Send one utterance the way HA does and collect everything the server answers."""
+    """Send one utterance the way HA does and collect everything the server answers.
+
+    ``realtime`` paces the audio at real time (``speed`` sets another multiple; 0 sends as fast as possible);
+    ``pause_at``/``pause_seconds`` make the client go quiet once, at that byte offset, as a stalled upload would.
+    """
+    if realtime and not speed:
+        speed = 1.0
     result = WyomingResult()
     stop_sent = asyncio.Event()
     async with AsyncTcpClient(host, port) as client:
@@ -105,9 +114,12 @@ async def transcribe(
                 started = time.monotonic()
                 for offset in range(0, len(pcm), chunk_bytes):
                     piece = pcm[offset : offset + chunk_bytes]
+                    if pause_at is not None and offset <= pause_at < offset + chunk_bytes:
+                        await asyncio.sleep(pause_seconds)
+                        started += pause_seconds
                     await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=piece).event())
-                    if realtime:
-                        due = started + (offset + len(piece)) / bytes_per_second
+                    if speed:
+                        due = started + (offset + len(piece)) / bytes_per_second / speed
                         await asyncio.sleep(max(0.0, due - time.monotonic()))
                     elif offset // chunk_bytes % 16 == 0:
                         await asyncio.sleep(0)

@@ -128,6 +128,10 @@ class YatingAdapter(VendorAdapter):
         # Language, model and phrases are all fixed by the token's pipeline; the stream itself takes none.
         return YatingCodec()
 
+    def stream_variant(self, options: StreamOptions) -> object:
+        # A pre-warmed connection's token was bought for one pipeline.
+        return self.yating.pipeline_for(options.language)
+
 
 def with_token(url: str, token: str) -> str:
     """``url`` with ``token=<token>`` in its query (replacing any there); never log the result."""

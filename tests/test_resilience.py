@@ -1,0 +1,122 @@
+"""The shared resilience mechanism: backoff, retry budget, replay positions, keepalive and dead-link detection."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from asr_daemon.emulators.amivoice import AmiVoiceEmulator
+from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.emulators.iapp import IAppEmulator
+from asr_daemon.emulators.sauc import Zyun360Emulator
+from asr_daemon.resilience.backoff import Backoff, RetryBudget
+from asr_daemon.resilience.replay import ConnectionTimeline, ReplayBuffer
+from tests.support.daemon import running_daemon
+from tests.support.fault_proxy import FaultProxy
+from tests.support.speech import have_speech_tools, silence, speech
+from tests.support.wyoming import transcribe
+
+speech_needed = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
+
+
+def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
+    backoff = Backoff(0.25, 5.0, random.Random(7))
+    ceilings = [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    delays = [backoff.next_delay() for _ in ceilings]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    # Full jitter: delays spread over the whole range, not clustered at the ceiling.
+    many = [Backoff(0.25, 5.0, random.Random(i)) for i in range(200)]
+    firsts = [b.next_delay() for b in many]
+    assert min(firsts) < 0.05 and max(firsts) > 0.2
+    backoff.reset()
+    assert backoff.next_delay() <= 0.25
+
+
+def test_retry_budget_counts_failures_without_progress() -> None:
+    budget = RetryBudget(3)
+    assert budget.fail() and budget.fail()
+    budget.progress()  # a final arrived
+    assert budget.fail() and budget.fail()
+    assert not budget.fail()
+
+
+def test_replay_buffer_trims_on_whole_frames_and_reads_by_position() -> None:
+    buffer = ReplayBuffer(32000, align=320)
+    buffer.append(bytes(range(256)) * 25)  # 6400 bytes
+    buffer.trim(1000)
+    assert buffer.start == 960  # down to a 10 ms frame boundary: a little more replay, never less
+    assert buffer.read(960, 4) == (bytes(range(256)) * 25)[960:964]
+    buffer.trim(500)  # never backwards
+    assert buffer.start == 960
+    buffer.trim(10_000)
+    assert buffer.start == buffer.end == 6400
+
+
+def test_timeline_maps_vendor_times_to_the_utterance_without_inserted_silence() -> None:
+    timeline = ConnectionTimeline(base=32000, bytes_per_second=32000)  # this connection starts at 1.0 s
+    timeline.audio(16000)  # 0.5 s of utterance audio
+    timeline.silence(32000)  # 1 s of keepalive silence the client never sent
+    timeline.audio(16000)
+    assert timeline.to_utterance_ms(250) == 1250
+    assert timeline.to_utterance_ms(1750) == 1000 + 750  # 1.75 s vendor time = 0.75 s of real audio
+    assert timeline.to_utterance_ms(2000) == 2000
+
+
+@speech_needed
+async def test_keepalive_silence_holds_an_idle_vendor_stream_open() -> None:
+    # The client pauses 4.5 s mid-utterance; the vendor cuts streams idle for 3.5 s; keepalive (3 s) holds it.
+    pcm = speech("hello there") + silence(800)
+    tail = speech("good morning") + silence(1000)
+    options = EmulatorOptions(script=["你好", "早上好"], idle_timeout=3.5, recognise_by_audio=True)
+    async with Zyun360Emulator(options).running() as emulator:
+        config = {"vendors": {"zyun360": {"url": emulator.url, "api_key": "test-key"}}}
+        async with running_daemon(config) as daemon:
+            result = await transcribe(
+                daemon.port, pcm + tail, language="zh", speed=4.0, pause_at=len(pcm), pause_seconds=4.5
+            )
+    assert result.text == "你好早上好"
+    assert len(emulator.streams) == 1, "the stream was cut and replaced"
+    assert emulator.streams[0].pcm_bytes > len(pcm + tail)  # silence was sent during the pause
+
+
+async def _blackhole_scenario(emulator_cls: type[Any], vendor: str, script: list[str]) -> tuple[Any, FaultProxy]:
+    pcm = silence(300) + speech("hello there") + silence(700) + speech("how are you today") + silence(1000)
+    options = EmulatorOptions(script=script, recognise_by_audio=True)
+    async with emulator_cls(options).running() as emulator:
+        proxy = FaultProxy("127.0.0.1", emulator.port)
+        async with proxy.running():
+            config = {
+                "vendors": {vendor: {"url": proxy.url_for(emulator.url), "api_key": "test-key"}},
+                "limits": {"final_timeout": 10.0},
+            }
+            async with running_daemon(config) as daemon:
+                task = asyncio.create_task(
+                    transcribe(daemon.port, pcm, language="ja" if vendor == "amivoice" else "th", realtime=True)
+                )
+                await asyncio.sleep(1.5)
+                proxy.blackhole()
+                result = await task
+    return result, proxy
+
+
+@speech_needed
+async def test_a_blackholed_path_is_noticed_within_five_seconds_where_the_vendor_answers_pings() -> None:
+    result, proxy = await _blackhole_scenario(AmiVoiceEmulator, "amivoice", ["こんにちは", "元気ですか"])
+    assert result.text == "こんにちは元気ですか"
+    assert proxy.connections == 2
+    assert proxy.blackholed_at is not None
+    # Reconnecting adds at most the first backoff (250 ms) and a loopback handshake.
+    noticed = proxy.connected_at[1] - proxy.blackholed_at
+    assert noticed <= 5.0 + 0.5, f"dead link noticed after {noticed:.1f} s"
+
+
+@speech_needed
+async def test_a_blackholed_path_without_pings_is_noticed_once_the_final_is_due() -> None:
+    # iApp does not answer pings: the response watchdog after the end of audio finds the dead link.
+    result, proxy = await _blackhole_scenario(IAppEmulator, "iapp", ["สวัสดีครับ", "สบายดีไหม"])
+    assert result.text == "สวัสดีครับ สบายดีไหม"
+    assert proxy.connections == 2
+    assert result.latency is not None and result.latency <= 10
