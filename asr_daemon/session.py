@@ -285,7 +285,7 @@ class Session:
             self._stream = None
         stream = self._pool.take(self.options) if (first and self._pool is not None) else None
         if stream is None:
-            stream = VendorStream(self.adapter, self.options, self.policy)
+            stream = self.adapter.open_stream(self.options, self.policy)
             self._stream = stream
             try:
                 await stream.connect()

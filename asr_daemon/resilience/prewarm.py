@@ -74,7 +74,7 @@ class StreamPool:
     async def _maintain(self) -> None:
         backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
         while True:
-            stream = VendorStream(self.adapter, self._template, self.policy)
+            stream = self.adapter.open_stream(self._template, self.policy)
             try:
                 await stream.connect()
                 await asyncio.wait_for(stream.wait_ready(), self.policy.response_timeout)

@@ -14,9 +14,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+if TYPE_CHECKING:
+    from ..resilience.policy import ResiliencePolicy
+    from .transport import VendorStream
 
 # A WebSocket message: ``str`` goes out as a text frame, ``bytes`` as a binary frame.
 Outgoing = str | bytes
@@ -224,6 +228,13 @@ class VendorAdapter(ABC):
     @abstractmethod
     def new_codec(self, options: StreamOptions) -> StreamCodec:
         """A fresh codec for one stream."""
+
+    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> VendorStream:
+        """A new (not yet connected) stream. Engines that are not WebSocket services return their own
+        ``VendorStream`` subclass; the session and the pre-warm pool only use this."""
+        from .transport import VendorStream
+
+        return VendorStream(self, options, policy)
 
     def stream_variant(self, options: StreamOptions) -> object:
         """What makes two streams' set-up differ: a pre-warmed connection serves only requests of its variant.
