@@ -1,4 +1,4 @@
-"""Command line: ``asr-daemon run | check | transcribe | emulate | health``.
+"""Command line: ``asr-daemon run | check | transcribe | emulate | health | devices``.
 
 Every setting has an environment variable (``ASR_DAEMON_`` + the key path joined with ``__``); the flags here
 override the config file and the environment for the common ones.
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--idle-timeout", type=float, default=None, help="seconds before the vendor's idle cut")
     emulate.add_argument("--debug", action="store_true")
 
+    commands.add_parser("devices", help="list the audio input devices (for mic.device)")
+
     health = commands.add_parser("health", help="exit 0 when a running daemon answers describe")
     health.add_argument("--uri", default=_env("WYOMING__URI", "tcp://127.0.0.1:10300"))
     health.add_argument("--timeout", type=float, default=2.0)
@@ -128,11 +130,15 @@ def _load(args: argparse.Namespace) -> Any:
 
 async def _run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
+    from .settings import ConfigError
 
     settings = _load(args)
     daemon = Daemon(settings)
     try:
         await daemon.start()
+    except ConfigError as exc:
+        print(f"asr-daemon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", settings.wyoming.uri, exc.strerror or exc)
         return EXIT_FAILED
@@ -290,6 +296,36 @@ async def _health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from .sources.mic import DeviceUnavailable, input_devices, load_pyaudio
+
+    try:
+        pyaudio = load_pyaudio()
+    except DeviceUnavailable as exc:
+        print(f"asr-daemon: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    pa = pyaudio.PyAudio()
+    try:
+        devices = input_devices(pa)
+        try:
+            default: int | None = int(pa.get_default_input_device_info()["index"])
+        except (OSError, ValueError):
+            default = None
+    finally:
+        pa.terminate()
+    if not devices:
+        print("no audio input devices found", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{'index':>5}  {'channels':>8}  {'default rate':>12}  name / 16-bit rates accepted")
+    for device in devices:
+        mark = " (default)" if device.index == default else ""
+        rates = ", ".join(str(rate) for rate in device.rates) or "none of the common rates"
+        print(f"{device.index:>5}  {device.max_channels:>8}  {device.default_rate:>12}  {device.name}{mark}")
+        print(f"{'':>33}  rates: {rates}")
+    print("# set mic.device to an index or to part of a name", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -298,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         return _check(args)
+    if args.command == "devices":
+        return _devices(args)
     runner = {"run": _run, "transcribe": _transcribe, "emulate": _emulate, "health": _health}[args.command]
     try:
         return asyncio.run(runner(args))

@@ -1,8 +1,10 @@
 """The composition root: builds everything from one ``Settings`` and owns its lifetime.
 
-Start: vendors and routes, the pre-built ``info``, the Wyoming listener, then the zeroconf announcement.
-Stop (SIGTERM/SIGINT): stop accepting, withdraw the announcement, let in-flight utterances finish within
-``limits.drain_timeout``, close the rest.
+Start: vendors and routes, the pre-built ``info``, the event bus and its sinks (MQTT, JSON lines, Wyoming
+forwarding), the Wyoming listener, the zeroconf announcement, then the microphone.
+Stop (SIGTERM/SIGINT): stop accepting, withdraw the announcement, let in-flight utterances (Wyoming and
+microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT says
+``offline``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import logging
 import signal
 from functools import partial
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from . import __version__
+from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
 from .routing import Router
 from .session import SessionLimits
@@ -24,6 +28,10 @@ from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
 from .vendors.base import VendorAdapter
+
+if TYPE_CHECKING:
+    from .sinks.mqtt import MqttSink
+    from .sources.mic import MicSource
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,11 +45,13 @@ class Daemon:
         self.router = Router(adapters, settings.default_vendor)
         self.info = build_info(self.router)
         limits = settings.limits
+        self.events = EventBus(settings.events.queue_size)
         self.context = HandlerContext(
             info=self.info.event(),
             router=self.router,
             limits=SessionLimits(max_audio_seconds=limits.max_utterance_seconds, final_timeout=limits.final_timeout),
             idle_timeout=settings.wyoming.idle_timeout,
+            events=self.events,
         )
         self.server = WyomingServer(
             settings.wyoming.uri,
@@ -50,6 +60,11 @@ class Daemon:
             max_event_bytes=settings.wyoming.max_event_bytes,
         )
         self._stack = contextlib.AsyncExitStack()
+        # Sinks outlive the sources: they are closed last, after in-flight utterances had their say.
+        self._outputs = contextlib.AsyncExitStack()
+        self._mic_stack = contextlib.AsyncExitStack()
+        self.mqtt: MqttSink | None = None
+        self.mic: MicSource | None = None
         self._stop_requested = asyncio.Event()
 
     @property
@@ -62,7 +77,12 @@ class Daemon:
         for language in self.router.languages():
             adapter = self.router.route(language)
             _LOGGER.debug("route %s → %s", language, adapter.name if adapter else "-")
-        await self.server.start()
+        await self._start_outputs()
+        try:
+            await self.server.start()
+        except BaseException:
+            await self._outputs.aclose()
+            raise
         _LOGGER.info(
             "asr-daemon %s listening on %s (port %s); vendors: %s; languages: %s",
             __version__,
@@ -73,6 +93,42 @@ class Daemon:
         )
         if self.settings.wyoming.zeroconf:
             await self._announce()
+        if self.settings.mic.enabled:
+            await self._start_mic()
+        self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
+
+    async def _start_outputs(self) -> None:
+        events = self.settings.events
+        sinks: list[Any] = []
+        if self.settings.mqtt.host:
+            from .sinks.mqtt import MqttSink
+
+            self.mqtt = MqttSink(self.settings.mqtt, flush_timeout=events.flush_timeout)
+            sinks.append(self.mqtt)
+        if events.jsonl:
+            from .sinks.jsonl import JsonLinesSink
+
+            sinks.append(JsonLinesSink(events.jsonl, partials=events.jsonl_partials))
+        if events.forward_uris:
+            from .sinks.wyoming_forward import WyomingForwardSink
+
+            sinks.append(WyomingForwardSink(events.forward_uris))
+        for sink in sinks:
+            await self._outputs.enter_async_context(sink)
+            await self._outputs.enter_async_context(self.events.attached(sink, flush_timeout=events.flush_timeout))
+
+    async def _start_mic(self) -> None:
+        from .sources.mic import MicSource
+
+        mic = self.settings.mic
+        self.mic = MicSource(
+            mic, self.router, self.context.limits, self.events, drain_timeout=self.settings.limits.drain_timeout
+        )
+        if self.mic.adapter() is None:
+            _LOGGER.warning(
+                "microphone: no configured vendor serves it (mic.vendor %s, mic.language %s)", mic.vendor, mic.language
+            )
+        await self._mic_stack.enter_async_context(self.mic)
 
     async def _announce(self) -> None:
         from .discovery import ZeroconfAdvertiser
@@ -108,9 +164,11 @@ class Daemon:
 
     async def stop(self) -> None:
         _LOGGER.info("stopping: no new connections; %d session(s) in flight", len(self.context.sessions))
+        self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="stopping"))
         await self.server.stop_accepting()
         await self._stack.aclose()
-        await self.server.drain(self.settings.limits.drain_timeout)
+        await asyncio.gather(self.server.drain(self.settings.limits.drain_timeout), self._mic_stack.aclose())
+        await self._outputs.aclose()
         _LOGGER.info("stopped")
 
     async def __aenter__(self) -> Daemon:

@@ -2,8 +2,8 @@
 
 Environment variables use the ``ASR_DAEMON_`` prefix and ``__`` for nesting
 (``ASR_DAEMON_VENDORS__AMIVOICE__API_KEY``). Secrets may also come from files: ``api_key_file``, or a systemd
-credential named ``<vendor>_api_key`` in ``$CREDENTIALS_DIRECTORY``. A bad value stops start-up with the key,
-the value and what was expected.
+credential named ``<vendor>_api_key`` (``mqtt_password`` for the broker) in ``$CREDENTIALS_DIRECTORY``. A bad
+value stops start-up with the key, the value and what was expected.
 """
 
 from __future__ import annotations
@@ -86,6 +86,119 @@ class LogSettings(BaseModel):
     format: Literal["human", "json"] = Field(default="human", description="human, or json for log shippers")
 
 
+class MicSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Listen on a local ALSA microphone")
+    device: str | None = Field(
+        default=None,
+        description="Input device: a name substring or an index (see `asr-daemon devices`); default: ALSA's default",
+    )
+    vendor: str | None = Field(default=None, description="Vendor for the microphone; default: routed by mic.language")
+    language: str | None = Field(default=None, description="Language of the microphone's speech")
+    always_stream: bool = Field(
+        default=False, description="Stream all audio, silence included (for vendors that segment themselves)"
+    )
+    rate: int | None = Field(
+        default=None, ge=8000, le=192000, description="Capture rate; default: what the device offers"
+    )
+    channels: int | None = Field(default=None, ge=1, le=32, description="Capture channels; default: mono if offered")
+    chunk_ms: int = Field(default=30, ge=10, le=200, description="Milliseconds of audio per read")
+    vad_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Speech probability above which a frame is speech"
+    )
+    speech_seconds: float = Field(default=0.3, ge=0.01, le=5, description="Speech needed to start an utterance")
+    silence_seconds: float = Field(default=0.7, ge=0.1, le=10, description="Silence that ends an utterance")
+    pre_roll_seconds: float = Field(
+        default=1.0, ge=0, le=5, description="Audio before detected speech that is sent with the utterance"
+    )
+    retry_min_delay: float = Field(default=1.0, gt=0, le=60, description="First wait before reopening a lost device")
+    retry_max_delay: float = Field(default=30.0, gt=0, le=3600, description="Longest wait between reopening attempts")
+
+    @field_validator("vendor")
+    @classmethod
+    def _check_vendor(cls, value: str | None) -> str | None:
+        if value is not None and value not in registry.available():
+            raise ValueError(f"expected one of {', '.join(registry.available())}")
+        return value
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(default=None, description="MQTT broker host; unset: no MQTT")
+    port: int = Field(default=1883, ge=1, le=65535, description="MQTT broker port (8883 is usual with TLS)")
+    username: str | None = Field(default=None, description="MQTT user name")
+    password: SecretStr | None = Field(default=None, description="MQTT password (prefer password_file)")
+    password_file: str | None = Field(
+        default=None, description="File holding the MQTT password (or systemd credential mqtt_password)"
+    )
+    tls: bool = Field(default=False, description="Connect with TLS")
+    tls_ca_file: str | None = Field(default=None, description="CA certificate file for TLS; default: system CAs")
+    client_id: str | None = Field(default=None, description="MQTT client id; default: asr-daemon-<node_id>")
+    topic_prefix: str = Field(default="asr-daemon", description="Topics are <topic_prefix>/<node_id>/...")
+    node_id: str | None = Field(default=None, description="This daemon's name in topics; default: the host name")
+    discovery: bool = Field(default=True, description="Publish Home Assistant MQTT discovery")
+    discovery_prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
+    partials: bool = Field(default=True, description="Publish partial transcripts (QoS 0)")
+    keepalive: int = Field(default=60, ge=5, le=3600, description="MQTT keepalive in seconds")
+    reconnect_min_delay: float = Field(default=1.0, gt=0, le=60, description="First wait before reconnecting")
+    reconnect_max_delay: float = Field(default=60.0, gt=0, le=3600, description="Longest wait between reconnects")
+    spool_dir: str | None = Field(
+        default=None,
+        description="Where finals wait while the broker is unreachable; default: $STATE_DIRECTORY/mqtt-spool "
+        "or ~/.local/state/asr-daemon/mqtt-spool",
+    )
+    spool_max_messages: int = Field(default=10000, ge=1, le=10_000_000, description="Spool bound (records)")
+    spool_max_bytes: int = Field(default=16 << 20, ge=4096, le=1 << 34, description="Spool bound (bytes)")
+
+    @field_validator("topic_prefix", "discovery_prefix", "node_id")
+    @classmethod
+    def _check_topic_part(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "+#\0") or value.startswith("/")):
+            raise ValueError("expected a non-empty MQTT topic without wildcards (+, #)")
+        return value.rstrip("/") if value is not None else None
+
+    def node(self) -> str:
+        if self.node_id:
+            return self.node_id
+        host = socket.gethostname().split(".")[0]
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in host) or "asr-daemon"
+
+    def spool_path(self) -> Path:
+        if self.spool_dir:
+            return Path(self.spool_dir)
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0]) / "mqtt-spool"
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "asr-daemon" / "mqtt-spool"
+
+
+class EventsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jsonl: str | None = Field(default=None, description="Write events as JSON lines: '-' for stdout, or a file path")
+    jsonl_partials: bool = Field(default=False, description="Include partial transcripts in the JSON lines")
+    forward_uris: list[str] = Field(
+        default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the microphone's events"
+    )
+    queue_size: int = Field(default=1000, ge=10, le=1_000_000, description="Events each sink may have waiting")
+    flush_timeout: float = Field(default=5.0, ge=0, le=120, description="Seconds sinks get to deliver at shutdown")
+
+    @field_validator("forward_uris")
+    @classmethod
+    def _check_uris(cls, value: list[str]) -> list[str]:
+        for uri in value:
+            parsed = urlparse(uri)
+            if parsed.scheme == "tcp" and parsed.hostname and parsed.port is not None:
+                continue
+            if parsed.scheme == "unix" and parsed.path:
+                continue
+            raise ValueError(f"{uri!r}: expected tcp://HOST:PORT or unix://PATH")
+        return value
+
+
 def _vendors_model() -> type[BaseModel]:
     fields: dict[str, Any] = {
         name: (registry.adapter_class(name).settings_model | None, None) for name in registry.available()
@@ -113,6 +226,9 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     vendors: VendorsSettings = Field(default_factory=VendorsSettings)
+    mic: MicSettings = Field(default_factory=MicSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     default_vendor: str | None = Field(
         default=None, description="Vendor for languages no vendor lists (and for requests without a language)"
     )
@@ -235,6 +351,20 @@ def _resolve_secrets(settings: Settings) -> None:
                 vendor.api_key = SecretStr((Path(credentials) / f"{name}_api_key").read_text("utf-8").strip())
         for secret in registry.adapter_class(name)(vendor).secrets():
             register_secret(secret)
+    mqtt = settings.mqtt
+    if mqtt.password is None:
+        if mqtt.password_file:
+            path = Path(mqtt.password_file)
+            try:
+                mqtt.password = SecretStr(path.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"mqtt.password_file = {str(path)!r}: cannot read it ({exc.strerror or exc})"
+                ) from None
+        elif credentials and (Path(credentials) / "mqtt_password").is_file():
+            mqtt.password = SecretStr((Path(credentials) / "mqtt_password").read_text("utf-8").strip())
+    if mqtt.password is not None:
+        register_secret(mqtt.password.get_secret_value())
 
 
 def _check_routes(settings: Settings) -> None:
@@ -244,3 +374,7 @@ def _check_routes(settings: Settings) -> None:
         raise ConfigError(
             f"default_vendor = {settings.default_vendor!r}: expected one of the configured vendors ({known})"
         )
+    mic = settings.mic
+    if mic.enabled and mic.vendor is not None and mic.vendor not in vendors:
+        known = ", ".join(sorted(vendors)) or "none configured"
+        raise ConfigError(f"mic.vendor = {mic.vendor!r}: expected one of the configured vendors ({known})")

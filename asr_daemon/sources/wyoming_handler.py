@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -24,6 +25,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 
+from ..events import AsrEvent, EventBus, EventKind
 from ..redact import redact
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits
@@ -47,8 +49,8 @@ class HandlerContext:
     idle_timeout: float = 30.0
     # Sessions currently streaming, for status and drain.
     sessions: set[Session] = field(default_factory=set)
-    # Called with each finished utterance's summary (sinks subscribe here).
-    on_result: Callable[[dict[str, object]], None] | None = None
+    # Utterance start/end, partials, finals and errors go out here (sinks subscribe to the bus).
+    events: EventBus = field(default_factory=EventBus)
 
 
 class WyomingAsrHandler(AsyncEventHandler):
@@ -72,6 +74,11 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._partial_pump: asyncio.Task[None] | None = None
         self._closing = False
         self._early_failure: asyncio.Task[None] | None = None
+        self.source = f"wyoming:{self.peer}"
+        # The current utterance's start (wall clock) once utterance-start went out, until utterance-end did.
+        self._utterance_started: float | None = None
+        self._utterance_ended: float | None = None
+        self._published_partial = ""
 
     @property
     def in_utterance(self) -> bool:
@@ -180,6 +187,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             await self._answer_error("bad-event", "audio-stop without audio")
             return False
         session = self._session
+        self._publish_utterance_end()
         if session is None or self._answered:
             await self._end_session()
             return False
@@ -209,17 +217,14 @@ class WyomingAsrHandler(AsyncEventHandler):
             "" if text else " (no speech recognised)",
         )
         _LOGGER.debug("session %s: transcript %r", session.id, text)
-        if self.context.on_result is not None:
-            self.context.on_result(
-                {
-                    "session": session.id,
-                    "peer": self.peer,
-                    "vendor": session.adapter.name,
-                    "language": language,
-                    "text": text,
-                    "audio_seconds": result.audio_seconds,
-                }
-            )
+        self._publish(
+            EventKind.TRANSCRIPT,
+            text=text,
+            started=self._utterance_started,
+            ended=self._utterance_ended,
+            audio_seconds=result.audio_seconds,
+            latency=result.final_latency,
+        )
         await self._end_session()
         return False
 
@@ -230,6 +235,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._answered = False
         self._emitted = ""
         self._started_stream = False
+        self._published_partial = ""
+        self._utterance_started = self._utterance_ended = None
         language = self._request.language
         adapter = self.context.router.route(language)
         session_id = uuid.uuid4().hex[:8]
@@ -250,6 +257,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         self.context.sessions.add(session)
         session.outcome.add_done_callback(self._on_outcome)
         self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {session_id}")
+        self._utterance_started = time.time()
+        self._publish(EventKind.UTTERANCE_START, started=self._utterance_started)
         _LOGGER.info(
             "session %s: %s → %s (%s), audio %d Hz/%d-bit/%d ch",
             session_id,
@@ -278,6 +287,13 @@ class WyomingAsrHandler(AsyncEventHandler):
         sid = session.id if session else "-"
         level = logging.ERROR if error.fatal else logging.WARNING
         _LOGGER.log(level, "session %s: %s failed: %s (%s)", sid, self.peer, error.message, error.code)
+        self._publish(
+            EventKind.ERROR,
+            code=error.code,
+            message=redact(error.message),
+            started=self._utterance_started,
+            ended=self._utterance_ended,
+        )
         await self._stop_partials()
         await self._answer_error(error.code, error.message)
         if session is not None:
@@ -285,6 +301,8 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     async def _end_session(self) -> None:
         await self._stop_partials()
+        self._publish_utterance_end()
+        self._utterance_started = None
         session, self._session = self._session, None
         self._in_utterance = False
         if session is not None:
@@ -296,6 +314,9 @@ class WyomingAsrHandler(AsyncEventHandler):
     def _on_partial(self, text: str) -> None:
         self._partial_text = text
         self._partial_wakeup.set()
+        if text != self._published_partial and not self._answered:
+            self._published_partial = text
+            self._publish(EventKind.PARTIAL, text=text)
 
     async def _pump_partials(self) -> None:
         """Send partial progress as transcript-chunk deltas.
@@ -324,6 +345,34 @@ class WyomingAsrHandler(AsyncEventHandler):
         if not self._started_stream:
             self._started_stream = True
             await self._write(TranscriptStart(language=self._request.language).event())
+
+    # -- events out ----------------------------------------------------------------------------------
+
+    def _publish(self, kind: EventKind, **fields: Any) -> None:
+        session = self._session
+        self.context.events.publish(
+            AsrEvent(
+                kind,
+                self.source,
+                session=session.id if session is not None else None,
+                vendor=session.adapter.name if session is not None else None,
+                language=(session.options.language if session is not None else None) or self._request.language,
+                **fields,
+            )
+        )
+
+    def _publish_utterance_end(self) -> None:
+        """utterance-end, once per utterance that had an utterance-start."""
+        if self._utterance_started is None or self._utterance_ended is not None:
+            return
+        self._utterance_ended = time.time()
+        session = self._session
+        self._publish(
+            EventKind.UTTERANCE_END,
+            started=self._utterance_started,
+            ended=self._utterance_ended,
+            audio_seconds=session.audio_seconds if session is not None else None,
+        )
 
     # -- writing -------------------------------------------------------------------------------------
 
