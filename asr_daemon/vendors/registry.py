@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class VendorEntry:
     adapter: str
-    emulator: str
+    # "" for engines that run in the daemon and so have no service to emulate (``local``).
+    emulator: str = ""
 
 
 _V = "asr_daemon.vendors"
@@ -32,6 +33,7 @@ VENDORS: dict[str, VendorEntry] = {
     "yating": VendorEntry(f"{_V}.yating.adapter:YatingAdapter", f"{_E}.yating:YatingEmulator"),
     "zyun360": VendorEntry(f"{_V}.sauc.adapter:Zyun360Adapter", f"{_E}.sauc:Zyun360Emulator"),
     "volcengine": VendorEntry(f"{_V}.sauc.adapter:VolcengineAdapter", f"{_E}.sauc:VolcengineEmulator"),
+    "local": VendorEntry(f"{_V}.local.adapter:LocalAdapter"),
 }
 
 
@@ -58,6 +60,21 @@ def adapter_class(name: str) -> type[VendorAdapter]:
     return cast("type[VendorAdapter]", _load(VENDORS[name].adapter))
 
 
+def emulated() -> list[str]:
+    """Vendor names that have an emulator (``asr-daemon emulate``)."""
+    return [name for name, entry in VENDORS.items() if entry.emulator]
+
+
+class NoEmulator(LookupError):
+    """The vendor runs inside the daemon: there is no service to emulate."""
+
+
 @cache
 def emulator_class(name: str) -> type[Emulator]:
-    return cast("type[Emulator]", _load(VENDORS[name].emulator))
+    path = VENDORS[name].emulator
+    if not path:
+        raise NoEmulator(
+            f"{name!r} has no emulator: it runs inside the daemon, so there is no service to emulate "
+            f"(vendors with one: {', '.join(emulated())})"
+        )
+    return cast("type[Emulator]", _load(path))
