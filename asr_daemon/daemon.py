@@ -1,10 +1,11 @@
 """The composition root: builds everything from one ``Settings`` and owns its lifetime.
 
 Start: vendors and routes, the pre-built ``info``, the event bus and its sinks (MQTT, JSON lines, Wyoming
-forwarding), the Wyoming listener, the zeroconf announcement, then the microphone.
-Stop (SIGTERM/SIGINT): stop accepting, withdraw the announcement, let in-flight utterances (Wyoming and
-microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT says
-``offline``).
+forwarding), pre-warmed vendor connections, the Wyoming listener, the zeroconf announcement, the microphone,
+the health endpoint; then systemd hears READY=1 and the watchdog starts.
+Stop (SIGTERM/SIGINT): STOPPING=1, stop accepting, withdraw the announcement, let in-flight utterances
+(Wyoming and microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT
+says ``offline``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from urllib.parse import urlparse
 from . import __version__
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
+from .resilience.prewarm import StreamPool
 from .routing import Router
-from .session import SessionLimits
+from .service.health import HealthServer, VendorStates
+from .service.metrics import Metrics
+from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
+from .session import Session, SessionError, SessionLimits, Transcript
 from .settings import Settings
 from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
@@ -45,13 +50,22 @@ class Daemon:
         self.router = Router(adapters, settings.default_vendor)
         self.info = build_info(self.router)
         limits = settings.limits
+        self.policy = settings.resilience.policy()
         self.events = EventBus(settings.events.queue_size)
+        self.metrics = Metrics()
+        self.vendor_states = VendorStates(list(adapters))
+        self.pools = {name: StreamPool(a, self.policy) for name, a in adapters.items() if a.settings.prewarm}
         self.context = HandlerContext(
             info=self.info.event(),
             router=self.router,
-            limits=SessionLimits(max_audio_seconds=limits.max_utterance_seconds, final_timeout=limits.final_timeout),
+            limits=SessionLimits(
+                max_audio_seconds=limits.max_utterance_seconds, final_timeout=limits.final_timeout, policy=self.policy
+            ),
             idle_timeout=settings.wyoming.idle_timeout,
             events=self.events,
+            pools=self.pools,
+            observe=self._observe,
+            metrics=self.metrics,
         )
         self.server = WyomingServer(
             settings.wyoming.uri,
@@ -66,6 +80,12 @@ class Daemon:
         self.mqtt: MqttSink | None = None
         self.mic: MicSource | None = None
         self._stop_requested = asyncio.Event()
+        self.metrics.watch_connections(
+            lambda: self.server.active, lambda: self.server.connections_total, lambda: self.server.rejected_total
+        )
+        self.notifier = SystemdNotifier()
+        self.health: HealthServer | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int | None:
@@ -79,6 +99,8 @@ class Daemon:
             _LOGGER.debug("route %s → %s", language, adapter.name if adapter else "-")
         await self._start_outputs()
         try:
+            for pool in self.pools.values():
+                await self._outputs.enter_async_context(pool)
             await self.server.start()
         except BaseException:
             await self._outputs.aclose()
@@ -95,7 +117,60 @@ class Daemon:
             await self._announce()
         if self.settings.mic.enabled:
             await self._start_mic()
+        if self.settings.health.port is not None:
+            self.health = HealthServer(self.settings.health.host, self.settings.health.port, self.check, self.metrics)
+            await self.health.start()
         self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
+        self.notifier.ready(self.status_line())
+        interval = watchdog_interval()
+        if interval is not None and self.notifier.enabled:
+            self._watchdog = asyncio.create_task(
+                run_watchdog(self.notifier, interval, self.listener_answers, self.status_line), name="watchdog"
+            )
+
+    def status_line(self) -> str:
+        """The one-line state systemd shows (``systemctl status``)."""
+        return (
+            f"{len(self.context.sessions)} utterance(s) in flight, {self.server.active} connection(s); "
+            f"vendors: {self.vendor_states.summary()}"
+        )
+
+    def _observe(self, session: Session, result: Transcript | None, error: SessionError | None) -> None:
+        self.metrics.observe(session, result, error)
+        if result is not None:
+            self.vendor_states.success(session.adapter.name)
+        elif error is not None:
+            self.vendor_states.failure(session.adapter.name, error.code, error.message, error.fatal)
+
+    async def listener_answers(self, timeout: float = 1.0) -> bool:
+        """Whether our own Wyoming listener answers a describe (what Home Assistant does first)."""
+        from wyoming.client import AsyncClient
+        from wyoming.info import Describe, Info
+
+        parsed = urlparse(self.settings.wyoming.uri)
+        uri = f"tcp://127.0.0.1:{self.port}" if parsed.scheme == "tcp" else self.settings.wyoming.uri
+        if parsed.scheme == "tcp" and parsed.hostname not in ("0.0.0.0", "::", "", None):
+            uri = f"tcp://{parsed.hostname}:{self.port}"
+        try:
+            async with asyncio.timeout(timeout), AsyncClient.from_uri(uri) as client:
+                await client.write_event(Describe().event())
+                while (event := await client.read_event()) is not None:
+                    if Info.is_type(event.type):
+                        return True
+        except (OSError, TimeoutError):
+            return False
+        return False
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy: the listener answers describe and no vendor is rejecting us or down."""
+        listening = await self.listener_answers()
+        detail: dict[str, Any] = {
+            "wyoming": "answers describe" if listening else "no answer to describe",
+            "utterances_in_flight": len(self.context.sessions),
+            "connections": self.server.active,
+            "vendors": self.vendor_states.snapshot(),
+        }
+        return listening and self.vendor_states.healthy, detail
 
     async def _start_outputs(self) -> None:
         events = self.settings.events
@@ -103,8 +178,9 @@ class Daemon:
         if self.settings.mqtt.host:
             from .sinks.mqtt import MqttSink
 
-            self.mqtt = MqttSink(self.settings.mqtt, flush_timeout=events.flush_timeout)
-            sinks.append(self.mqtt)
+            mqtt = self.mqtt = MqttSink(self.settings.mqtt, flush_timeout=events.flush_timeout)
+            self.metrics.spool_depth.set_function(lambda: len(mqtt.spool))
+            sinks.append(mqtt)
         if events.jsonl:
             from .sinks.jsonl import JsonLinesSink
 
@@ -121,8 +197,15 @@ class Daemon:
         from .sources.mic import MicSource
 
         mic = self.settings.mic
+        adapter = self.router.adapters.get(mic.vendor) if mic.vendor else self.router.route(mic.language)
         self.mic = MicSource(
-            mic, self.router, self.context.limits, self.events, drain_timeout=self.settings.limits.drain_timeout
+            mic,
+            self.router,
+            self.context.limits,
+            self.events,
+            drain_timeout=self.settings.limits.drain_timeout,
+            pool=self.pools.get(adapter.name) if adapter is not None else None,
+            observe=self._observe,
         )
         if self.mic.adapter() is None:
             _LOGGER.warning(
@@ -145,6 +228,11 @@ class Daemon:
             interfaces=wyoming.zeroconf_interfaces,
         )
         await self._stack.enter_async_context(advertiser)
+        # READY=1 means "announced": give the first announcement a moment (it waits for the name check).
+        try:
+            await asyncio.wait_for(advertiser.wait_announced(), 5.0)
+        except TimeoutError:
+            _LOGGER.warning("zeroconf: not announced yet after 5 s (state: %s); carrying on", advertiser.state)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -164,11 +252,19 @@ class Daemon:
 
     async def stop(self) -> None:
         _LOGGER.info("stopping: no new connections; %d session(s) in flight", len(self.context.sessions))
+        self.notifier.stopping()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="stopping"))
         await self.server.stop_accepting()
         await self._stack.aclose()
         await asyncio.gather(self.server.drain(self.settings.limits.drain_timeout), self._mic_stack.aclose())
+        if self.health is not None:
+            await self.health.stop()
         await self._outputs.aclose()
+        self.notifier.close()
         _LOGGER.info("stopped")
 
     async def __aenter__(self) -> Daemon:

@@ -129,6 +129,8 @@ class Session:
         self._finishing = False
         self.reconnects = 0
         self.replayed_bytes = 0
+        # Seconds the first vendor connection took to open (None until one opened).
+        self.connect_seconds: float | None = None
         loop = asyncio.get_running_loop()
         self.outcome: asyncio.Future[Transcript] = loop.create_future()
         self._stream: VendorStream | None = None
@@ -147,6 +149,11 @@ class Session:
     @property
     def audio_seconds(self) -> float:
         return self._buffer.end / self._target.bytes_per_second
+
+    @property
+    def accepted_bytes(self) -> int:
+        """Normalised audio accepted for the vendor."""
+        return self._buffer.end
 
     @property
     def done(self) -> bool:
@@ -294,6 +301,8 @@ class Session:
                     self.fail(SessionError.from_vendor(self.adapter.name, failure.error))
                     return
                 raise _ConnectionLost(failure.error) from None
+            if self.connect_seconds is None:
+                self.connect_seconds = stream.connect_seconds
             _LOGGER.debug(
                 "session %s: %s connected in %.0f ms", self.id, self.adapter.name, (stream.connect_seconds or 0) * 1000
             )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, c
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .redact import redact, register_secret
+from .resilience.policy import ResiliencePolicy
 from .vendors import registry
 from .vendors.base import VendorSettings
 
@@ -63,8 +64,17 @@ class WyomingSettings(BaseModel):
             raise ValueError("expected tcp://HOST:PORT or unix://PATH")
         return value
 
+    @field_validator("zeroconf_name")
+    @classmethod
+    def _check_zeroconf_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .discovery import check_instance_name
+
+            check_instance_name(value)
+        return value
+
     def instance_name(self) -> str:
-        return self.zeroconf_name or f"asr-daemon-{socket.gethostname().split('.')[0]}"
+        return self.zeroconf_name or f"asr-daemon-{socket.gethostname().split('.')[0]}"[:63]
 
 
 class LimitsSettings(BaseModel):
@@ -77,6 +87,37 @@ class LimitsSettings(BaseModel):
     drain_timeout: float = Field(
         default=15.0, ge=0, le=600, description="Seconds in-flight utterances may take to finish at shutdown"
     )
+
+
+class ResilienceSettings(BaseModel):
+    """How vendor connections are retried and how a dead one is noticed (shared by every vendor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backoff_initial: float = Field(default=0.25, gt=0, le=30, description="First reconnect delay ceiling (seconds)")
+    backoff_max: float = Field(default=5.0, gt=0, le=300, description="Largest reconnect delay ceiling (seconds)")
+    max_failures: int = Field(
+        default=4, ge=1, le=100, description="Failed connections in a row, without a result, before an utterance fails"
+    )
+    response_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds a vendor may stay silent when it owes an answer"
+    )
+    ping_interval: float = Field(
+        default=1.5, gt=0, le=60, description="Seconds between WebSocket pings (vendors that answer pings)"
+    )
+    ping_timeout: float = Field(default=2.5, gt=0, le=60, description="Seconds a ping may go unanswered")
+
+    def policy(self) -> ResiliencePolicy:
+        return ResiliencePolicy(**self.model_dump())
+
+
+class HealthSettings(BaseModel):
+    """The local HTTP endpoint with /healthz and /metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(default=None, ge=0, le=65535, description="Port for /healthz and /metrics; unset: off")
+    host: str = Field(default="127.0.0.1", description="Address to bind (keep it local unless a scraper needs it)")
 
 
 class LogSettings(BaseModel):
@@ -224,6 +265,8 @@ class Settings(BaseSettings):
 
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     vendors: VendorsSettings = Field(default_factory=VendorsSettings)
     mic: MicSettings = Field(default_factory=MicSettings)

@@ -120,3 +120,24 @@ async def test_a_blackholed_path_without_pings_is_noticed_once_the_final_is_due(
     assert result.text == "สวัสดีครับ สบายดีไหม"
     assert proxy.connections == 2
     assert result.latency is not None and result.latency <= 10
+
+
+@speech_needed
+async def test_prewarmed_connection_serves_the_next_utterance_and_is_replaced() -> None:
+    import hashlib
+
+    pcm = silence(300) + speech("hello there") + silence(900)
+    async with AmiVoiceEmulator(EmulatorOptions(script=["こんにちは"])).running() as emulator:
+        config = {"vendors": {"amivoice": {"url": emulator.url, "api_key": "test-key", "prewarm": True}}}
+        async with running_daemon(config) as daemon:
+            async with asyncio.timeout(5):
+                while not emulator.streams:  # the pool opened its connection before any request
+                    await asyncio.sleep(0.02)
+            result = await transcribe(daemon.port, pcm, language="ja")
+            assert result.text == "こんにちは"
+            assert emulator.streams[0].pcm_sha256 == hashlib.sha256(pcm).hexdigest()
+            async with asyncio.timeout(5):
+                while len(emulator.streams) < 2:  # and a fresh one is prepared for the next utterance
+                    await asyncio.sleep(0.02)
+            pool = daemon.pools["amivoice"]
+            assert pool.hits == 1

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -40,7 +41,7 @@ from ..audio.vad import (
 from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..session import Session, SessionError, SessionLimits
+from ..session import Session, SessionError, SessionLimits, Transcript
 from ..settings import MicSettings
 from ..vendors.base import PCM16K, AudioFormat, StreamOptions, VendorAdapter
 
@@ -319,6 +320,8 @@ class MicSource:
         *,
         drain_timeout: float = 15.0,
         detector_factory: Any = micro_vad,
+        pool: StreamPool | None = None,
+        observe: Callable[[Session, Transcript | None, SessionError | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -331,8 +334,11 @@ class MicSource:
         self._current: _Utterance | None = None
         self._finishing: set[asyncio.Task[None]] = set()
         self.state = "starting"
-        # With ``vendors.<name>.prewarm``, a connection waits ready for the next utterance (kept alive between).
-        self.pool: StreamPool | None = None
+        # With ``vendors.<name>.prewarm``, a connection waits ready for the next utterance (kept alive between):
+        # the daemon's pool for that vendor when given, else one of our own.
+        self.pool: StreamPool | None = pool
+        self._own_pool = False
+        self._observe = observe
         self.format: CaptureFormat | None = None
         self.utterances = 0
         self.failures = 0
@@ -341,8 +347,9 @@ class MicSource:
 
     async def __aenter__(self) -> MicSource:
         adapter = self.adapter()
-        if adapter is not None and adapter.settings.prewarm:
+        if adapter is not None and adapter.settings.prewarm and self.pool is None:
             self.pool = StreamPool(adapter, self.limits.policy)
+            self._own_pool = True
             await self.pool.__aenter__()
         self._task = asyncio.create_task(self._run(), name="microphone")
         return self
@@ -370,7 +377,7 @@ class MicSource:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await straggler
         pool, self.pool = self.pool, None
-        if pool is not None:
+        if pool is not None and self._own_pool:
             await pool.__aexit__(None, None, None)
 
     # -- the device --------------------------------------------------------------------------------------
@@ -527,6 +534,8 @@ class MicSource:
         try:
             result = await session.finish()
         except SessionError as error:
+            if self._observe is not None:
+                self._observe(session, None, error)
             level = logging.ERROR if error.fatal else logging.WARNING
             _LOGGER.log(level, "session %s: %s failed: %s (%s)", session.id, self.source, error.message, error.code)
             self.bus.publish(
@@ -543,6 +552,8 @@ class MicSource:
             return
         finally:
             await session.aclose()
+        if self._observe is not None:
+            self._observe(session, result, None)
         _LOGGER.info(
             "session %s: %s %s, %.1f s of audio (%s) → %d chars, final %.0f ms after the end of speech",
             session.id,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,9 @@ from wyoming.server import AsyncEventHandler
 
 from ..events import AsrEvent, EventBus, EventKind
 from ..redact import redact
+from ..resilience.prewarm import StreamPool
 from ..routing import Router
+from ..service.metrics import Metrics
 from ..session import Session, SessionError, SessionLimits
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions
@@ -51,6 +54,11 @@ class HandlerContext:
     sessions: set[Session] = field(default_factory=set)
     # Utterance start/end, partials, finals and errors go out here (sinks subscribe to the bus).
     events: EventBus = field(default_factory=EventBus)
+    # Pre-warmed connections by vendor name (vendors with ``prewarm``).
+    pools: dict[str, StreamPool] = field(default_factory=dict)
+    # Told of every finished utterance: the session and its transcript or error (metrics, vendor health).
+    observe: Callable[[Session, SessionTranscript | None, SessionError | None], None] | None = None
+    metrics: Metrics | None = None
 
 
 class WyomingAsrHandler(AsyncEventHandler):
@@ -176,6 +184,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         session = self._session
         if session is None or self._answered or not chunk.audio:
             return True
+        if self.context.metrics is not None:
+            self.context.metrics.audio_in_bytes.inc(len(chunk.audio))
         try:
             session.feed(chunk.audio, fmt)
         except SessionError as error:
@@ -197,6 +207,8 @@ class WyomingAsrHandler(AsyncEventHandler):
             await self._fail_utterance(error)
             await self._end_session()
             return False
+        if self.context.observe is not None:
+            self.context.observe(session, result, None)
         await self._stop_partials()
         text = result.text
         if text.startswith(self._emitted) and len(text) > len(self._emitted):
@@ -252,7 +264,13 @@ class WyomingAsrHandler(AsyncEventHandler):
             phrases=tuple(p for p in phrases if isinstance(p, str)),
             session_id=session_id,
         )
-        session = Session(adapter, options, self.context.limits, on_partial=self._on_partial)
+        session = Session(
+            adapter,
+            options,
+            self.context.limits,
+            on_partial=self._on_partial,
+            pool=self.context.pools.get(adapter.name),
+        )
         self._session = session
         self.context.sessions.add(session)
         session.outcome.add_done_callback(self._on_outcome)
@@ -287,6 +305,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         sid = session.id if session else "-"
         level = logging.ERROR if error.fatal else logging.WARNING
         _LOGGER.log(level, "session %s: %s failed: %s (%s)", sid, self.peer, error.message, error.code)
+        if session is not None and self.context.observe is not None:
+            self.context.observe(session, None, error)
         self._publish(
             EventKind.ERROR,
             code=error.code,
