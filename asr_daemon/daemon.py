@@ -59,13 +59,17 @@ class Daemon:
             info=self.info.event(),
             router=self.router,
             limits=SessionLimits(
-                max_audio_seconds=limits.max_utterance_seconds, final_timeout=limits.final_timeout, policy=self.policy
+                max_audio_seconds=limits.max_utterance_seconds,
+                final_timeout=limits.final_timeout,
+                policy=self.policy,
+                fallback_after=limits.fallback_after,
             ),
             idle_timeout=settings.wyoming.idle_timeout,
             events=self.events,
             pools=self.pools,
             observe=self._observe,
             metrics=self.metrics,
+            fallback=adapters.get(settings.fallback_vendor) if settings.fallback_vendor else None,
         )
         self.server = WyomingServer(
             settings.wyoming.uri,
@@ -93,7 +97,14 @@ class Daemon:
 
     async def start(self) -> None:
         if not self.router.adapters:
-            _LOGGER.warning("no vendor is configured: every request will get an error (see config.example.yaml)")
+            _LOGGER.warning(
+                "no vendor is configured and the offline engine is not installed: every request will get an error "
+                "(configure a vendor, see config.example.yaml, or pip install 'asr-daemon[local]')"
+            )
+        elif list(self.router.adapters) == ["local"]:
+            _LOGGER.info("no cloud vendor configured: serving English with the offline engine (vendors.local)")
+        if self.context.fallback is not None:
+            _LOGGER.info("fallback: %s transcribes what the routed vendor cannot", self.context.fallback.name)
         for language in self.router.languages():
             adapter = self.router.route(language)
             _LOGGER.debug("route %s → %s", language, adapter.name if adapter else "-")
@@ -206,6 +217,7 @@ class Daemon:
             drain_timeout=self.settings.limits.drain_timeout,
             pool=self.pools.get(adapter.name) if adapter is not None else None,
             observe=self._observe,
+            fallback=self.context.fallback,
         )
         if self.mic.adapter() is None:
             _LOGGER.warning(

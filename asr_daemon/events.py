@@ -68,6 +68,8 @@ class AsrEvent:
     audio_seconds: float | None = None
     # seconds from the end of audio to the final transcript
     latency: float | None = None
+    # transcript: the engine that produced it, when not the routed vendor (the fallback took over)
+    engine: str | None = None
     time: float = field(default_factory=time.time)
     id: str = field(default_factory=new_event_id)
 

@@ -71,6 +71,9 @@ class SessionLimits:
     max_audio_seconds: float = 60.0
     final_timeout: float = 10.0
     policy: ResiliencePolicy = DEFAULT_POLICY
+    # With a fallback engine: how long after the end of audio the routed vendor has before the fallback takes
+    # over (the fallback then has what is left of final_timeout).
+    fallback_after: float = 5.0
 
 
 @dataclass
@@ -85,6 +88,9 @@ class Transcript:
     # Vendor connections that failed and were replaced, and the audio sent again because of it.
     reconnects: int = 0
     replayed_bytes: int = 0
+    # The engine that produced the text; differs from the session's vendor when the fallback took over.
+    engine: str = ""
+    fallback: bool = False
 
 
 class _ConnectionLost(Exception):
@@ -105,6 +111,7 @@ class Session:
         limits: SessionLimits,
         on_partial: Callable[[str], None] | None = None,
         pool: StreamPool | None = None,
+        keep_audio: bool = False,
     ) -> None:
         self.adapter = adapter
         self.options = options
@@ -132,8 +139,10 @@ class Session:
         # Seconds the first vendor connection took to open (None until one opened).
         self.connect_seconds: float | None = None
         loop = asyncio.get_running_loop()
-        self.outcome: asyncio.Future[Transcript] = loop.create_future()
+        self._done: asyncio.Future[Transcript] = loop.create_future()
         self._stream: VendorStream | None = None
+        # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
+        self.all_audio: bytearray | None = bytearray() if keep_audio else None
         self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
 
     @staticmethod
@@ -151,13 +160,18 @@ class Session:
         return self._buffer.end / self._target.bytes_per_second
 
     @property
+    def outcome(self) -> asyncio.Future[Transcript]:
+        """Resolves with the transcript, or fails with a ``SessionError`` saying why there is none."""
+        return self._done
+
+    @property
     def accepted_bytes(self) -> int:
         """Normalised audio accepted for the vendor."""
         return self._buffer.end
 
     @property
     def done(self) -> bool:
-        return self.outcome.done()
+        return self._done.done()
 
     @property
     def finishing(self) -> bool:
@@ -166,7 +180,7 @@ class Session:
 
     def feed(self, data: bytes, fmt: AudioFormat) -> None:
         """Accept client audio; raises ``SessionError`` for audio that cannot be used (the session is then failed)."""
-        if self.outcome.done() or self._finishing:
+        if self._done.done() or self._finishing:
             return
         try:
             pcm = self._normaliser.push(data, fmt)
@@ -177,14 +191,14 @@ class Session:
 
     async def finish(self) -> Transcript:
         """No more audio: end the vendor stream and wait (bounded) for the transcript."""
-        if not self._finishing and not self.outcome.done():
+        if not self._finishing and not self._done.done():
             with contextlib.suppress(SessionError):
                 self._accept(self._normaliser.flush())
             self._finishing = True
             self._stopped_at = time.monotonic()
             self._audio_arrived.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(self.outcome), self.limits.final_timeout)
+            return await asyncio.wait_for(asyncio.shield(self._done), self.limits.final_timeout)
         except TimeoutError:
             self.fail(
                 SessionError(
@@ -195,15 +209,18 @@ class Session:
             )
             raise self._error() from None
         finally:
-            await self.aclose()
+            await self._shutdown()
 
     def fail(self, error: SessionError) -> None:
-        if not self.outcome.done():
-            self.outcome.set_exception(error)
+        if not self._done.done():
+            self._done.set_exception(error)
 
     async def aclose(self) -> None:
         """Stop everything this session runs (idempotent)."""
-        if not self.outcome.done():
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if not self._done.done():
             self.fail(SessionError("cancelled", "the utterance was abandoned"))
         if not self._task.done():
             self._task.cancel()
@@ -212,13 +229,13 @@ class Session:
         if self._stream is not None:
             await self._stream.aclose()
         # Retrieve the exception so asyncio does not warn about it.
-        if self.outcome.done() and not self.outcome.cancelled():
-            self.outcome.exception()
+        if self._done.done() and not self._done.cancelled():
+            self._done.exception()
 
     # -- internals -------------------------------------------------------------------------------------
 
     def _error(self) -> SessionError:
-        error = self.outcome.exception()
+        error = self._done.exception()
         assert isinstance(error, SessionError)
         return error
 
@@ -234,6 +251,8 @@ class Session:
             )
             raise self._error()
         self._buffer.append(pcm)
+        if self.all_audio is not None:
+            self.all_audio += pcm
         self._audio_arrived.set()
 
     async def _run(self) -> None:
@@ -242,7 +261,7 @@ class Session:
         budget = RetryBudget(self.policy.max_failures)
         first = True
         try:
-            while not self.outcome.done():
+            while not self._done.done():
                 try:
                     await self._attempt(first)
                     return
@@ -282,7 +301,7 @@ class Session:
         finally:
             if self._stream is not None:
                 await self._stream.aclose()
-            if not self.outcome.done():
+            if not self._done.done():
                 self.fail(SessionError("vendor-error", f"{name}: the stream ended without a result"))
 
     async def _attempt(self, first: bool) -> None:
@@ -425,9 +444,11 @@ class Session:
         segments = self._committed + self._pending
         latency = time.monotonic() - (self._stopped_at or time.monotonic())
         text = join_segments(self.options.language, [s.text for s in segments])
-        if not self.outcome.done():
-            self.outcome.set_result(
-                Transcript(text, segments, self.audio_seconds, latency, self.reconnects, self.replayed_bytes)
+        if not self._done.done():
+            self._done.set_result(
+                Transcript(
+                    text, segments, self.audio_seconds, latency, self.reconnects, self.replayed_bytes, self.adapter.name
+                )
             )
 
     def _report_partial(self) -> None:
@@ -440,3 +461,110 @@ class Session:
             self._on_partial(join_segments(self.options.language, texts))
         except Exception:
             _LOGGER.exception("session %s: partial listener failed", self.id)
+
+
+# Failures a fallback engine can make up for (not the client's own: bad audio, an utterance too long).
+_VENDOR_FAILURES = frozenset({"vendor-rejected", "vendor-error", "timeout"})
+
+
+class FallbackSession(Session):
+    """A session whose routed vendor gets ``limits.fallback_after`` after the end of audio; if it fails or is
+    still silent then, the whole utterance (kept in memory, bounded by ``max_audio_seconds``) goes to the
+    fallback engine, whose transcript says it came from there. An early vendor failure is not reported to the
+    client: the fallback is still to come."""
+
+    def __init__(
+        self,
+        adapter: VendorAdapter,
+        options: StreamOptions,
+        limits: SessionLimits,
+        fallback: VendorAdapter,
+        on_partial: Callable[[str], None] | None = None,
+        pool: StreamPool | None = None,
+    ) -> None:
+        self.fallback = fallback
+        self.full_limits = limits
+        primary_limits = SessionLimits(
+            limits.max_audio_seconds, min(limits.fallback_after, limits.final_timeout), limits.policy
+        )
+        super().__init__(adapter, options, primary_limits, on_partial, pool, keep_audio=True)
+        # What the client sees; the vendor's own outcome (``_done``) stays internal until the fallback had its turn.
+        self._public: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        self._done.add_done_callback(self._forward)
+
+    @property
+    def outcome(self) -> asyncio.Future[Transcript]:
+        return self._public
+
+    def _forward(self, primary: asyncio.Future[Transcript]) -> None:
+        if self._public.done() or primary.cancelled():
+            return
+        error = primary.exception()
+        if error is None:
+            self._public.set_result(primary.result())
+        elif not (isinstance(error, SessionError) and error.code in _VENDOR_FAILURES):
+            self._public.set_exception(error)
+        # A vendor failure waits for finish(), where the fallback runs.
+
+    async def finish(self) -> Transcript:
+        started = time.monotonic()
+        try:
+            return await super().finish()
+        except SessionError as error:
+            if error.code not in _VENDOR_FAILURES or self._public.done():
+                raise
+            primary_error = error
+        remaining = self.full_limits.final_timeout - (time.monotonic() - started)
+        _LOGGER.warning(
+            "session %s: %s gave no transcript (%s); transcribing with the fallback %s",
+            self.id,
+            self.adapter.name,
+            primary_error.message,
+            self.fallback.name,
+        )
+        try:
+            result = await self._run_fallback(max(remaining, 0.5))
+        except SessionError as error:
+            combined = SessionError(
+                error.code, f"{primary_error.message}; fallback {self.fallback.name}: {error.message}"
+            )
+            if not self._public.done():
+                self._public.set_exception(combined)
+            raise combined from None
+        if not self._public.done():
+            self._public.set_result(result)
+        return result
+
+    async def _run_fallback(self, deadline: float) -> Transcript:
+        limits = SessionLimits(self.full_limits.max_audio_seconds, deadline, self.full_limits.policy)
+        options = StreamOptions(self.options.language, self.options.phrases, f"{self.id}-fallback")
+        session = Session(self.fallback, options, limits)
+        try:
+            session.feed(bytes(self.all_audio or b""), self._target)
+            result = await session.finish()
+        finally:
+            await session.aclose()
+        result.fallback = True
+        return result
+
+    async def aclose(self) -> None:
+        await self._shutdown()
+        if not self._public.done():
+            self._public.set_exception(SessionError("cancelled", "the utterance was abandoned"))
+        if not self._public.cancelled():
+            self._public.exception()
+
+
+def open_session(
+    adapter: VendorAdapter,
+    options: StreamOptions,
+    limits: SessionLimits,
+    *,
+    on_partial: Callable[[str], None] | None = None,
+    pool: StreamPool | None = None,
+    fallback: VendorAdapter | None = None,
+) -> Session:
+    """A session for ``adapter``, with ``fallback`` behind it when one is configured and is another engine."""
+    if fallback is None or fallback is adapter:
+        return Session(adapter, options, limits, on_partial, pool)
+    return FallbackSession(adapter, options, limits, fallback, on_partial, pool)

@@ -87,6 +87,12 @@ class LimitsSettings(BaseModel):
     drain_timeout: float = Field(
         default=15.0, ge=0, le=600, description="Seconds in-flight utterances may take to finish at shutdown"
     )
+    fallback_after: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="With fallback_vendor: seconds after audio-stop before the fallback takes over",
+    )
 
 
 class ResilienceSettings(BaseModel):
@@ -275,6 +281,10 @@ class Settings(BaseSettings):
     default_vendor: str | None = Field(
         default=None, description="Vendor for languages no vendor lists (and for requests without a language)"
     )
+    fallback_vendor: str | None = Field(
+        default=None,
+        description="Engine that transcribes an utterance the routed vendor cannot (outage, deadline); off: an error",
+    )
 
     def configured_vendors(self) -> dict[str, VendorSettings]:
         """Vendor name → its settings, for every vendor present in the config."""
@@ -356,9 +366,26 @@ def load_settings(config: Path | None = None, overrides: dict[str, Any] | None =
         settings: Settings = _Loaded(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, config)) from None
+    _embed_local_engine(settings)
     _resolve_secrets(settings)
     _check_routes(settings)
     return settings
+
+
+def local_engine_installed() -> bool:
+    """Whether the offline engine (the ``local`` extra: pocketsphinx) is installed."""
+    import importlib.util
+
+    return "local" in registry.available() and importlib.util.find_spec("pocketsphinx") is not None
+
+
+def _embed_local_engine(settings: Settings) -> None:
+    """The offline engine stands in when nothing else is configured, and when it is named as the fallback."""
+    vendors = settings.configured_vendors()
+    wanted = not vendors or (settings.fallback_vendor == "local" and "local" not in vendors)
+    if wanted and local_engine_installed():
+        name = "local"
+        setattr(settings.vendors, name, registry.adapter_class(name).settings_model.model_validate({}))
 
 
 def format_validation_error(exc: ValidationError, config: Path | None) -> str:
@@ -412,11 +439,12 @@ def _resolve_secrets(settings: Settings) -> None:
 
 def _check_routes(settings: Settings) -> None:
     vendors = settings.configured_vendors()
-    if settings.default_vendor is not None and settings.default_vendor not in vendors:
-        known = ", ".join(sorted(vendors)) or "none configured"
-        raise ConfigError(
-            f"default_vendor = {settings.default_vendor!r}: expected one of the configured vendors ({known})"
-        )
+    known = ", ".join(sorted(vendors)) or "none configured"
+    for key in ("default_vendor", "fallback_vendor"):
+        value = getattr(settings, key)
+        if value is not None and value not in vendors:
+            hint = " (the local engine needs: pip install 'asr-daemon[local]')" if value == "local" else ""
+            raise ConfigError(f"{key} = {value!r}: expected one of the configured vendors ({known}){hint}")
     mic = settings.mic
     if mic.enabled and mic.vendor is not None and mic.vendor not in vendors:
         known = ", ".join(sorted(vendors)) or "none configured"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from asr_daemon.redact import redact
-from asr_daemon.settings import ConfigError, load_settings
+from asr_daemon.settings import ConfigError, load_settings, local_engine_installed
 
 SECRET = "amivoice-secret-4711"
 
@@ -25,7 +25,19 @@ def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.wyoming.uri == "tcp://0.0.0.0:10300"
     assert settings.wyoming.zeroconf is False
-    assert settings.configured_vendors() == {}
+    # With no vendor configured, the offline engine serves English (when it is installed).
+    expected = {"local"} if local_engine_installed() else set()
+    assert set(settings.configured_vendors()) == expected
+
+
+def test_a_configured_cloud_vendor_replaces_the_embedded_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_DAEMON_VENDORS__TIRO__API_KEY", "x" * 8)
+    assert set(load_settings().configured_vendors()) == {"tiro"}
+
+
+def test_fallback_vendor_must_be_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fallback_vendor = 'iapp': expected one of the configured vendors"):
+        load_settings(write(tmp_path, "fallback_vendor: iapp\nvendors:\n  tiro: {}\n"))
 
 
 def test_yaml_then_environment_then_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

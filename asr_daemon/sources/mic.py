@@ -41,7 +41,7 @@ from ..audio.vad import (
 from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..session import Session, SessionError, SessionLimits, Transcript
+from ..session import Session, SessionError, SessionLimits, Transcript, open_session
 from ..settings import MicSettings
 from ..vendors.base import PCM16K, AudioFormat, StreamOptions, VendorAdapter
 
@@ -322,6 +322,7 @@ class MicSource:
         detector_factory: Any = micro_vad,
         pool: StreamPool | None = None,
         observe: Callable[[Session, Transcript | None, SessionError | None], None] | None = None,
+        fallback: VendorAdapter | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -339,6 +340,7 @@ class MicSource:
         self.pool: StreamPool | None = pool
         self._own_pool = False
         self._observe = observe
+        self.fallback = fallback
         self.format: CaptureFormat | None = None
         self.utterances = 0
         self.failures = 0
@@ -495,7 +497,9 @@ class MicSource:
             utterance.partial = text
             self.bus.publish(self._event(utterance, EventKind.PARTIAL, text=text))
 
-        session = Session(adapter, options, self.limits, on_partial=on_partial, pool=self.pool)
+        session = open_session(
+            adapter, options, self.limits, on_partial=on_partial, pool=self.pool, fallback=self.fallback
+        )
         utterance = _Utterance(session, started, segment.offset)
         self._current = utterance
         self.utterances += 1
@@ -577,6 +581,7 @@ class MicSource:
                 ended=ended,
                 audio_seconds=result.audio_seconds,
                 latency=result.final_latency,
+                engine=result.engine if result.fallback else None,
             )
         )
 

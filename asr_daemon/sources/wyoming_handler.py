@@ -31,9 +31,9 @@ from ..redact import redact
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..service.metrics import Metrics
-from ..session import Session, SessionError, SessionLimits
+from ..session import Session, SessionError, SessionLimits, open_session
 from ..session import Transcript as SessionTranscript
-from ..vendors.base import AudioFormat, StreamOptions
+from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
 from .wyoming_server import BoundedStreamReader
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class HandlerContext:
     # Told of every finished utterance: the session and its transcript or error (metrics, vendor health).
     observe: Callable[[Session, SessionTranscript | None, SessionError | None], None] | None = None
     metrics: Metrics | None = None
+    # Takes over an utterance the routed vendor cannot transcribe in time (``fallback_vendor``).
+    fallback: VendorAdapter | None = None
 
 
 class WyomingAsrHandler(AsyncEventHandler):
@@ -215,7 +217,9 @@ class WyomingAsrHandler(AsyncEventHandler):
             await self._start_stream()
             await self._write(TranscriptChunk(text[len(self._emitted) :]).event())
         language = self._request.language
-        await self._write(Transcript(text=text, language=language).event())
+        # The transcript says which engine made it when the fallback took over.
+        context = {"engine": result.engine, "fallback": True} if result.fallback else None
+        await self._write(Transcript(text=text, language=language, context=context).event())
         if self._started_stream:
             await self._write(TranscriptStop().event())
         _LOGGER.info(
@@ -236,6 +240,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             ended=self._utterance_ended,
             audio_seconds=result.audio_seconds,
             latency=result.final_latency,
+            engine=result.engine if result.fallback else None,
         )
         await self._end_session()
         return False
@@ -264,12 +269,13 @@ class WyomingAsrHandler(AsyncEventHandler):
             phrases=tuple(p for p in phrases if isinstance(p, str)),
             session_id=session_id,
         )
-        session = Session(
+        session = open_session(
             adapter,
             options,
             self.context.limits,
             on_partial=self._on_partial,
             pool=self.context.pools.get(adapter.name),
+            fallback=self.context.fallback,
         )
         self._session = session
         self.context.sessions.add(session)
