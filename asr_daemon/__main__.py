@@ -131,6 +131,7 @@ def _load(args: argparse.Namespace) -> Any:
 async def _run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
     from .settings import ConfigError
+    from .vendors.base import VendorFailure
 
     settings = _load(args)
     daemon = Daemon(settings)
@@ -142,6 +143,10 @@ async def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", settings.wyoming.uri, exc.strerror or exc)
         return EXIT_FAILED
+    except VendorFailure as failure:
+        print(f"asr-daemon: cannot start: {failure.error.message}", file=sys.stderr)
+        await daemon.stop()
+        return EXIT_CONFIG
     try:
         await daemon.wait_for_stop()
     finally:
@@ -231,8 +236,10 @@ async def _emulate(args: argparse.Namespace) -> int:
     from .vendors import registry
 
     setup_logging("debug" if args.debug else "info")
-    if args.vendor not in registry.VENDORS:
-        print(f"asr-daemon: no emulator for {args.vendor!r} (known: {', '.join(registry.VENDORS)})", file=sys.stderr)
+    if args.vendor not in registry.emulated():
+        print(
+            f"asr-daemon: no emulator for {args.vendor!r} (emulated: {', '.join(registry.emulated())})", file=sys.stderr
+        )
         return EXIT_CONFIG
     try:
         fault = Fault(args.fault)

@@ -54,7 +54,11 @@ class Daemon:
         self.events = EventBus(settings.events.queue_size)
         self.metrics = Metrics()
         self.vendor_states = VendorStates(list(adapters))
-        self.pools = {name: StreamPool(a, self.policy) for name, a in adapters.items() if a.settings.prewarm}
+        self.pools = {
+            name: StreamPool(a, self.policy)
+            for name, a in adapters.items()
+            if a.settings.prewarm and a.prewarms_connections
+        }
         self.context = HandlerContext(
             info=self.info.event(),
             router=self.router,
@@ -108,6 +112,9 @@ class Daemon:
         for language in self.router.languages():
             adapter = self.router.route(language)
             _LOGGER.debug("route %s → %s", language, adapter.name if adapter else "-")
+        for adapter in self.router.adapters.values():
+            # Engines that load a model do it now, not during the first utterance.
+            await adapter.preload()
         await self._start_outputs()
         try:
             for pool in self.pools.values():

@@ -179,14 +179,18 @@ class Session:
         return self._finishing
 
     def feed(self, data: bytes, fmt: AudioFormat) -> None:
-        """Accept client audio; raises ``SessionError`` for audio that cannot be used (the session is then failed)."""
-        if self._done.done() or self._finishing:
+        """Accept client audio; raises ``SessionError`` for audio that cannot be used (the session is then failed).
+
+        Once the vendor failed, audio is still kept where a fallback will need the whole utterance.
+        """
+        if self._finishing or (self._done.done() and self.all_audio is None):
             return
         try:
             pcm = self._normaliser.push(data, fmt)
         except AudioFormatError as exc:
-            self.fail(SessionError("bad-audio", f"audio not understood: {exc}"))
-            raise self._error() from None
+            error = SessionError("bad-audio", f"audio not understood: {exc}")
+            self.fail(error)
+            raise error from None
         self._accept(pcm)
 
     async def finish(self) -> Transcript:
@@ -243,13 +247,11 @@ class Session:
         if not pcm:
             return
         if self._buffer.end + len(pcm) > self._max_bytes:
-            self.fail(
-                SessionError(
-                    "too-long",
-                    f"utterance longer than {self.limits.max_audio_seconds:g} s; audio after that was not used",
-                )
+            error = SessionError(
+                "too-long", f"utterance longer than {self.limits.max_audio_seconds:g} s; audio after that was not used"
             )
-            raise self._error()
+            self.fail(error)
+            raise error
         self._buffer.append(pcm)
         if self.all_audio is not None:
             self.all_audio += pcm
@@ -505,6 +507,11 @@ class FallbackSession(Session):
         elif not (isinstance(error, SessionError) and error.code in _VENDOR_FAILURES):
             self._public.set_exception(error)
         # A vendor failure waits for finish(), where the fallback runs.
+
+    def fail(self, error: SessionError) -> None:
+        super().fail(error)
+        if error.code not in _VENDOR_FAILURES and not self._public.done():
+            self._public.set_exception(error)
 
     async def finish(self) -> Transcript:
         started = time.monotonic()

@@ -86,7 +86,7 @@ async def test_emulate_then_transcribe_a_wav_file(tmp_path: Path) -> None:
     assert emulator.returncode == 0
 
 
-async def test_transcribe_with_unconfigured_vendor_says_what_to_do(tmp_path: Path) -> None:
+def test_transcribe_with_unconfigured_vendor_says_what_to_do(tmp_path: Path) -> None:
     audio = tmp_path / "a.wav"
     audio.write_bytes(wav(b"\x00\x00" * 1600))
     done = subprocess.run([*CLI, "transcribe", "--vendor", "tiro", "--language", "is", str(audio)],
@@ -131,7 +131,7 @@ async def test_sigterm_lets_the_in_flight_utterance_finish_then_exits_zero(emula
             await daemon.wait()
 
 
-async def test_run_with_a_bad_config_exits_non_zero(tmp_path: Path) -> None:
+def test_run_with_a_bad_config_exits_non_zero(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("vendors:\n  amivoice:\n    connect_timeout: soon\n")
     done = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=30,

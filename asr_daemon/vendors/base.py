@@ -204,6 +204,8 @@ class VendorAdapter(ABC):
     settings_model: ClassVar[type[VendorSettings]]
     # The vendor's public endpoint, used when ``url`` is not set.
     default_url: ClassVar[str]
+    # Whether a stream is a network connection worth holding open ahead of time (``prewarm``).
+    prewarms_connections: ClassVar[bool] = True
 
     def __init__(self, settings: VendorSettings) -> None:
         self.settings = settings
@@ -215,6 +217,10 @@ class VendorAdapter(ABC):
     @property
     def endpoint(self) -> str:
         return self.settings.url or self.default_url
+
+    async def preload(self) -> None:
+        """Prepare ahead of the first stream (an engine loading its model); default: nothing to do."""
+        return None
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs or error messages."""
