@@ -8,7 +8,6 @@ import struct
 import numpy as np
 import pytest
 
-from asr_daemon.audio.chunker import Rechunker
 from asr_daemon.audio.normalise import AudioFormatError, AudioNormaliser, parse_wav_header
 from asr_daemon.vendors.base import PCM16K, AudioFormat
 from tests.support.speech import wav
@@ -113,15 +112,3 @@ def test_audio_shorter_than_a_header_is_still_audio() -> None:
     normaliser = AudioNormaliser(PCM16K)
     assert normaliser.push(b"RI", PCM16K) == b""
     assert normaliser.flush() == b"RI"
-
-
-def test_rechunker_gives_exact_sizes_and_keeps_every_byte() -> None:
-    chunker = Rechunker(3200)
-    data = bytes(range(256)) * 100
-    out: list[bytes] = []
-    for offset in range(0, len(data), 320):
-        out += chunker.push(data[offset : offset + 320])
-    rest = chunker.flush()
-    assert all(len(c) == 3200 for c in out)
-    assert b"".join(out) + rest == data
-    assert len(rest) == len(data) % 3200
