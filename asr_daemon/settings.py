@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .credentials import CredentialFileError, resolve_secret
 from .redact import redact, register_secret
 from .resilience.policy import ResiliencePolicy
 from .vendors import registry
@@ -406,33 +407,18 @@ def format_validation_error(exc: ValidationError, config: Path | None) -> str:
 
 
 def _resolve_secrets(settings: Settings) -> None:
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     for name, vendor in settings.configured_vendors().items():
-        if vendor.api_key is None:
-            if vendor.api_key_file:
-                path = Path(vendor.api_key_file)
-                try:
-                    vendor.api_key = SecretStr(path.read_text(encoding="utf-8").strip())
-                except OSError as exc:
-                    raise ConfigError(
-                        f"vendors.{name}.api_key_file = {str(path)!r}: cannot read it ({exc.strerror or exc})"
-                    ) from None
-            elif credentials and (Path(credentials) / f"{name}_api_key").is_file():
-                vendor.api_key = SecretStr((Path(credentials) / f"{name}_api_key").read_text("utf-8").strip())
+        try:
+            vendor.api_key = resolve_secret(vendor.api_key, vendor.api_key_file, f"{name}_api_key")
+        except CredentialFileError as exc:
+            raise ConfigError(f"vendors.{name}.api_key_file = {vendor.api_key_file!r}: {exc}") from None
         for secret in registry.adapter_class(name)(vendor).secrets():
             register_secret(secret)
     mqtt = settings.mqtt
-    if mqtt.password is None:
-        if mqtt.password_file:
-            path = Path(mqtt.password_file)
-            try:
-                mqtt.password = SecretStr(path.read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"mqtt.password_file = {str(path)!r}: cannot read it ({exc.strerror or exc})"
-                ) from None
-        elif credentials and (Path(credentials) / "mqtt_password").is_file():
-            mqtt.password = SecretStr((Path(credentials) / "mqtt_password").read_text("utf-8").strip())
+    try:
+        mqtt.password = resolve_secret(mqtt.password, mqtt.password_file, "mqtt_password")
+    except CredentialFileError as exc:
+        raise ConfigError(f"mqtt.password_file = {mqtt.password_file!r}: {exc}") from None
     if mqtt.password is not None:
         register_secret(mqtt.password.get_secret_value())
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from ...credentials import read_secret_file, resolve_secret
 from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
 from .codec import RecognitionRequest, SaucCodec
 
@@ -79,29 +79,16 @@ class VolcengineSettings(SaucSettings):
     @classmethod
     def _readable(cls, value: str | None) -> str | None:
         if value is not None:
-            _read_secret(Path(value))
+            read_secret_file(Path(value))
         return value
 
     @model_validator(mode="after")
     def _load_app_key(self) -> VolcengineSettings:
-        if self.app_key is None:
-            if self.app_key_file is not None:
-                self.app_key = SecretStr(_read_secret(Path(self.app_key_file)))
-            elif (credentials := os.environ.get("CREDENTIALS_DIRECTORY")) and (
-                credential := Path(credentials) / "volcengine_app_key"
-            ).is_file():
-                self.app_key = SecretStr(_read_secret(credential))
+        self.app_key = resolve_secret(self.app_key, self.app_key_file, "volcengine_app_key")
         return self
 
     def app_key_value(self) -> str:
         return self.app_key.get_secret_value() if self.app_key is not None else ""
-
-
-def _read_secret(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read it ({exc.strerror or exc})") from None
 
 
 class _SaucAdapter(VendorAdapter):
