@@ -60,6 +60,7 @@ _FAILED_CLOSE_CODES = frozenset({1011, 1012, 1013, 1014})
 _DURATION = re.compile(r"^\s*(-?)(\d+)(?:\.(\d{1,9}))?s\s*$")
 
 END_MARKER = '{"audioContent":""}'
+_AUDIO_PREFIX, _AUDIO_SUFFIX = END_MARKER[:-2], END_MARKER[-2:]
 
 
 def _dumps(obj: object) -> str:
@@ -112,7 +113,9 @@ class TiroCodec(StreamCodec):
         # An empty audioContent is the end marker, so an empty chunk must not become a message.
         if not pcm or self.ended:
             return []
-        return [_dumps({"audioContent": base64.b64encode(pcm).decode("ascii")})]
+        # Base64 needs no JSON escaping: the message is built directly, the same text ``_dumps`` would make
+        # without running the JSON encoder over ~4 kB ten times a second.
+        return [_AUDIO_PREFIX + base64.b64encode(pcm).decode("ascii") + _AUDIO_SUFFIX]
 
     def end(self) -> list[Outgoing]:
         if self.ended:

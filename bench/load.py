@@ -1,0 +1,330 @@
+"""The two kinds of client: a Home Assistant-like Wyoming client (through the daemon) and a direct vendor client.
+
+Both send the same utterance in the same pieces at the same real-time pace, and time the same two moments:
+the first partial (from the first audio sent) and the answer (from the end of audio). The Wyoming client
+times ``audio-stop`` → ``transcript``; the direct client times the vendor's end-of-stream message → the
+codec's ``StreamCompleted``, i.e. the moment the daemon itself could know the final transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Describe, Info
+
+from asr_daemon.text import join_segments
+from asr_daemon.vendors.base import (
+    FinalResult,
+    PartialResult,
+    StreamCompleted,
+    StreamOptions,
+    VendorAdapter,
+    VendorError,
+    VendorFailure,
+)
+from asr_daemon.vendors.transport import VendorStream
+
+from .scenario import BYTES_PER_SECOND, CHANNELS, RATE, WIDTH, VendorCase
+
+# How long one stream may take beyond its audio before it counts as failed.
+STREAM_TIMEOUT = 30.0
+
+
+@dataclass
+class StreamResult:
+    path: str  # "daemon" or "direct"
+    vendor: str
+    slot: int
+    iteration: int
+    audio_seconds: float
+    # Seconds from the first audio sent to the first partial (None: no partial came).
+    first_partial: float | None = None
+    # Seconds from the end of audio to the final answer (None: failed).
+    latency: float | None = None
+    text: str | None = None
+    error: str | None = None
+    # The text the emulator was scripted with; a different answer is counted as wrong.
+    expected: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text == self.expected
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def _pace(started: float, sent_bytes: int, pace: float) -> None:
+    """Sleep until ``sent_bytes`` of audio have been 'spoken' since ``started`` (pace 1 = real time)."""
+    due = started + sent_bytes / BYTES_PER_SECOND / pace
+    delay = due - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class _Collect:
+    """A stand-in stream writer that keeps what ``async_write_event`` writes."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        self.parts.extend(parts)
+
+    def write(self, part: bytes) -> None:
+        self.parts.append(part)
+
+    async def drain(self) -> None:
+        return None
+
+
+def encode(event: Event) -> bytes:
+    """The exact bytes the ``wyoming`` library sends for ``event`` (as Home Assistant's client does)."""
+    collect = _Collect()
+    coroutine = async_write_event(event, collect)  # type: ignore[arg-type]
+    try:
+        coroutine.send(None)  # nothing in it waits: it runs to the end at once
+    except StopIteration:
+        pass
+    else:
+        coroutine.close()
+        raise RuntimeError("wyoming's async_write_event waited on something")
+    return b"".join(collect.parts)
+
+
+_AUDIO_STOP = encode(AudioStop().event())
+
+
+def encode_utterance(pcm: bytes, piece_bytes: int) -> list[bytes]:
+    """Each audio piece as its encoded ``audio-chunk`` event, made once so the load costs the client little."""
+    return [
+        encode(AudioChunk(rate=RATE, width=WIDTH, channels=CHANNELS, audio=pcm[offset : offset + piece_bytes]).event())
+        for offset in range(0, len(pcm), piece_bytes)
+    ]
+
+
+async def daemon_stream(
+    port: int,
+    case: VendorCase,
+    pcm: bytes,
+    *,
+    piece_bytes: int,
+    pace: float,
+    slot: int,
+    iteration: int,
+    encoded: list[bytes] | None = None,
+) -> StreamResult:
+    """One utterance through the daemon, the way Home Assistant's Wyoming STT sends it."""
+    result = StreamResult("daemon", case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
+    chunks = encoded if encoded is not None else encode_utterance(pcm, piece_bytes)
+    started = stop_at = 0.0
+    answered = asyncio.Event()
+    try:
+        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+
+                async def read() -> None:
+                    while True:
+                        event = await async_read_event(reader)
+                        now = time.monotonic()
+                        if event is None:
+                            if not answered.is_set():
+                                result.error = "connection closed without an answer"
+                                answered.set()
+                            return
+                        if TranscriptChunk.is_type(event.type):
+                            if result.first_partial is None:
+                                result.first_partial = now - started
+                        elif Transcript.is_type(event.type):
+                            if not answered.is_set():
+                                result.latency = now - stop_at if stop_at else None
+                                result.text = Transcript.from_event(event).text
+                                answered.set()
+                        elif Error.is_type(event.type):
+                            error = Error.from_event(event)
+                            result.error = f"{error.code}: {error.text}"
+                            answered.set()
+                            return
+                        elif TranscriptStop.is_type(event.type):
+                            return
+
+                receiver = asyncio.create_task(read())
+                try:
+                    writer.write(encode(Transcribe(language=case.language).event()))
+                    writer.write(encode(AudioStart(rate=RATE, width=WIDTH, channels=CHANNELS).event()))
+                    await writer.drain()
+                    started = time.monotonic()
+                    for index, chunk in enumerate(chunks):
+                        await _pace(started, min((index + 1) * piece_bytes, len(pcm)), pace)
+                        writer.write(chunk)
+                        await writer.drain()
+                    stop_at = time.monotonic()
+                    writer.write(_AUDIO_STOP)
+                    await writer.drain()
+                    await answered.wait()
+                    # Read on to transcript-stop or the close, as a client does, so the daemon finishes cleanly.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(receiver), 2.0)
+                finally:
+                    receiver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await receiver
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+    except TimeoutError:
+        result.error = result.error or "timeout"
+    except OSError as exc:
+        result.error = result.error or f"connection failed: {exc}"
+    return result
+
+
+async def direct_stream(
+    adapter: VendorAdapter,
+    case: VendorCase,
+    pcm: bytes,
+    *,
+    piece_bytes: int,
+    pace: float,
+    slot: int,
+    iteration: int,
+) -> StreamResult:
+    """The same utterance sent straight to the vendor emulator: its codec over the shared transport, no session.
+
+    Audio arrives in the same pieces at the same pace as the Wyoming client sends it; it is passed on in the
+    codec's preferred message size as soon as a message is full (and the stream is ready), and the rest plus
+    the end-of-stream message at the end, as the daemon does.
+    """
+    result = StreamResult("direct", case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
+    options = StreamOptions(language=case.language, session_id=f"direct-{slot}-{iteration}")
+    stream = VendorStream(adapter, options)
+    size = stream.codec.chunk_bytes
+    started = stop_at = 0.0
+    segments: list[str] = []
+
+    async def receive() -> None:
+        while True:
+            event = await stream.events.get()
+            now = time.monotonic()
+            if isinstance(event, PartialResult):
+                if result.first_partial is None and event.text:
+                    result.first_partial = now - started
+            elif isinstance(event, FinalResult):
+                segments.append(event.text)
+            elif isinstance(event, StreamCompleted):
+                result.latency = now - stop_at if stop_at else None
+                result.text = join_segments(case.language, segments)
+                return
+            elif isinstance(event, VendorError):
+                result.error = f"vendor: {event.message}"
+                return
+
+    receiver = asyncio.create_task(receive())
+    try:
+        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
+            started = time.monotonic()
+            connecting = asyncio.create_task(stream.connect())
+            buffer = bytearray()
+            try:
+                for offset in range(0, len(pcm), piece_bytes):
+                    piece = pcm[offset : offset + piece_bytes]
+                    await _pace(started, offset + len(piece), pace)
+                    buffer += piece
+                    if connecting.done() and stream.ready:
+                        connecting.result()
+                        while len(buffer) >= size:
+                            await stream.send_audio(bytes(buffer[:size]))
+                            del buffer[:size]
+                stop_at = time.monotonic()
+                await connecting
+                await stream.wait_ready()
+                while buffer:
+                    await stream.send_audio(bytes(buffer[:size]))
+                    del buffer[:size]
+                await stream.end()
+                await receiver
+            finally:
+                if not connecting.done():
+                    connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+    except VendorFailure as failure:
+        result.error = f"vendor: {failure.error.message}"
+    except TimeoutError:
+        result.error = result.error or "timeout"
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        await stream.aclose()
+    return result
+
+
+async def describe_round_trip(port: int, timeout: float = 5.0) -> float:
+    """Seconds from opening a connection to having the parsed ``info`` (what Home Assistant waits for)."""
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await async_write_event(Describe().event(), writer)
+            while True:
+                event = await async_read_event(reader)
+                if event is None:
+                    raise ConnectionError("connection closed before info")
+                if Info.is_type(event.type):
+                    Info.from_event(event)
+                    return time.monotonic() - started
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+StreamRunner = Callable[[VendorCase, int, int], Awaitable[StreamResult]]
+
+
+async def run_slot(
+    runner: StreamRunner, cases: tuple[VendorCase, ...], slot: int, iterations: int, delay: float
+) -> list[StreamResult]:
+    """One client: waits ``delay`` (slots start spread out), then streams ``iterations`` utterances back to back,
+    rotating through the vendors."""
+    await asyncio.sleep(delay)
+    results = []
+    for iteration in range(iterations):
+        case = cases[(slot + iteration) % len(cases)]
+        results.append(await runner(case, slot, iteration))
+    return results
+
+
+class LoopLag:
+    """How late this process's event loop wakes up (a saturated load generator would distort both paths)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.samples.append(max(0.0, time.monotonic() - before - self.interval))

@@ -1,0 +1,419 @@
+"""``python -m bench``: run the benchmark and write RESULTS.md, results.json and the plots.
+
+Four processes: this one measures (start-up, describe, /proc figures) and writes the report; the daemon runs as
+``python -m asr_daemon run``; the vendor emulators run in one helper process and every client in another
+(``workers.py``). Levels of N concurrent clients stream real speech at real-time pace through the daemon and,
+at the same time, N clients stream the same speech straight to the same emulators; the difference is what
+the daemon adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asr_daemon import __version__
+
+from . import report, workers
+from .daemon_process import (
+    ROOT,
+    DaemonProcess,
+    Sampler,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    memory,
+    own_cpu_seconds,
+    start_daemon,
+)
+from .load import StreamResult, describe_round_trip
+from .scenario import CASES, cases_for, daemon_config, speech_for
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class Plan:
+    levels: tuple[int, ...] = (1, 10, 50, 100)
+    # Streams wanted per path and level (rounded up to whole iterations of every client); level 1 gets its own.
+    samples: int = 200
+    samples_single: int = 100
+    min_iterations: int = 2
+    # 1 = real time; the tiny smoke run goes faster.
+    pace: float = 1.0
+    # Bytes per Wyoming audio-chunk (1024 = 32 ms, what an ESPHome voice satellite sends through HA).
+    piece_bytes: int = 1024
+    startups: int = 5
+    describes: int = 50
+    idle_seconds: float = 3.0
+    vendors: tuple[str, ...] = tuple(case.vendor for case in CASES)
+    profile: bool = False
+    # Keep the daemon's configs and logs here (default: a temporary directory, removed at the end).
+    keep: Path | None = None
+    name: str = "full"
+
+    def iterations(self, level: int) -> int:
+        wanted = self.samples_single if level == 1 else self.samples
+        return max(self.min_iterations, math.ceil(wanted / level))
+
+
+PRESETS: dict[str, Plan] = {
+    "full": Plan(),
+    "quick": Plan(samples=100, samples_single=30, startups=3, describes=30, idle_seconds=2.0, name="quick"),
+    # CI's smoke run: proves the machinery works end to end in seconds; its figures mean nothing.
+    "tiny": Plan(
+        levels=(1, 5),
+        samples=1,
+        samples_single=1,
+        min_iterations=1,
+        pace=4.0,
+        startups=1,
+        describes=3,
+        idle_seconds=0.3,
+        name="tiny",
+    ),
+}
+
+
+@dataclass
+class LevelRun:
+    level: int
+    iterations: int
+    wall_seconds: float
+    results: list[StreamResult]
+    daemon_cpu_seconds: float
+    clients_cpu_seconds: float
+    emulators_cpu_seconds: float
+    other_cpu_seconds: float
+    rss_samples: list[int]
+    describe_seconds: list[float]
+    clients_loop_lag: list[float]
+    emulators_loop_lag: list[float]
+    profile: str | None = None
+
+
+@dataclass
+class Run:
+    plan: Plan
+    startups: list[dict[str, Any]] = field(default_factory=list)
+    idle: dict[str, Any] = field(default_factory=dict)
+    warmup: list[StreamResult] = field(default_factory=list)
+    levels: list[LevelRun] = field(default_factory=list)
+    after: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def environment() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "asr_daemon": __version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+async def measure_startups(plan: Plan, vendors: dict[str, dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
+    """Start the daemon ``plan.startups`` times: spawn → listening → describe answered; idle RSS; SIGTERM."""
+    found = []
+    for index in range(plan.startups):
+        daemon = await start_daemon(daemon_config(free_port(), vendors, 64), workdir, f"startup-{index}")
+        await asyncio.sleep(0.3)
+        rss = memory(daemon.pid)
+        await daemon.stop()
+        found.append(
+            {
+                "listening_seconds": daemon.listening_seconds,
+                "ready_seconds": daemon.ready_seconds,
+                "rss_bytes": rss.get("VmRSS", 0),
+                "exit_code": daemon.exit_code,
+                "stop_seconds": daemon.stop_seconds,
+            }
+        )
+    return found
+
+
+async def describe_probe(port: int, into: list[float], interval: float) -> None:
+    """Describe round trips while a level runs (Home Assistant gives describe 1 s, the budget is 5 ms)."""
+    while True:
+        with contextlib.suppress(OSError, TimeoutError, ConnectionError):
+            into.append(await describe_round_trip(port))
+        await asyncio.sleep(interval)
+
+
+class Worker:
+    """A helper process (``workers.py``) and its end of the pipe."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=target, args=(child, *args), daemon=True)
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def ask(self, message: Any = None, timeout: float = 600.0) -> Any:
+        if message is not None:
+            self.conn.send(message)
+        ready = await asyncio.to_thread(self.conn.poll, timeout)
+        if not ready:
+            raise TimeoutError(f"no answer from {self.process.name} within {timeout:g} s")
+        return self.conn.recv()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send("stop")
+        await asyncio.to_thread(self.process.join, 10)
+        if self.process.is_alive():
+            self.process.terminate()
+            await asyncio.to_thread(self.process.join, 5)
+        self.conn.close()
+
+
+async def run_level(
+    plan: Plan,
+    level: int,
+    daemon: DaemonProcess,
+    clients: Worker,
+    emulators: Worker,
+    workdir: Path,
+    *,
+    iterations: int | None = None,
+    pace: float | None = None,
+    profiled: bool = True,
+) -> LevelRun:
+    iterations = iterations or plan.iterations(level)
+    sampler = Sampler(daemon.pid)
+    describes: list[float] = []
+    # Describe probes cost the daemon CPU too: none at one stream (the idle figure covers describe there).
+    probe = asyncio.create_task(describe_probe(daemon.port, describes, 0.5)) if level > 1 else None
+    profiler = _start_profiler(daemon.pid, workdir, level) if plan.profile and profiled else None
+    sampler.start()
+    await emulators.ask("lag")  # start the emulators' loop-lag window here
+    before = [cpu_seconds(pid) for pid in (daemon.pid, clients.pid, emulators.pid)]
+    machine, own = machine_busy_seconds(), own_cpu_seconds()
+    started = time.monotonic()
+    try:
+        command = {"level": level, "iterations": iterations, "pace": pace or plan.pace, "piece": plan.piece_bytes}
+        answer = await clients.ask(command)
+    finally:
+        wall = time.monotonic() - started
+        after = [cpu_seconds(pid) for pid in (daemon.pid, clients.pid, emulators.pid)]
+        machine, own = machine_busy_seconds() - machine, own_cpu_seconds() - own
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+        await sampler.stop()
+    emulator_lag = await emulators.ask("lag")
+    profile = await _stop_profiler(profiler) if profiler else None
+    return LevelRun(
+        level=level,
+        iterations=iterations,
+        wall_seconds=wall,
+        results=[StreamResult(**result) for result in answer["results"]],
+        daemon_cpu_seconds=after[0] - before[0],
+        clients_cpu_seconds=after[1] - before[1],
+        emulators_cpu_seconds=after[2] - before[2],
+        # What the rest of the machine used meanwhile (another job here makes every timing noisier).
+        other_cpu_seconds=max(0.0, machine - own - sum(a - b for a, b in zip(after, before, strict=True))),
+        rss_samples=sampler.rss,
+        describe_seconds=describes,
+        clients_loop_lag=answer["lag"],
+        emulators_loop_lag=emulator_lag,
+        profile=profile,
+    )
+
+
+def _start_profiler(pid: int, workdir: Path, level: int) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """py-spy on the daemon while the level runs (collapsed stacks), when py-spy is installed."""
+    import shutil
+
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        print("bench: py-spy not found; --profile skipped", file=sys.stderr)
+        return None
+    out = workdir / f"profile-{level}.txt"
+    command = [pyspy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+               "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+async def _stop_profiler(profiler: tuple[subprocess.Popen[bytes], Path] | None) -> str | None:
+    if profiler is None:
+        return None
+    process, out = profiler
+    process.send_signal(2)  # SIGINT: py-spy writes its output and exits
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        await asyncio.to_thread(process.wait, 20)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    return out.read_text() if out.exists() else None
+
+
+async def run(plan: Plan) -> Run:
+    cases = cases_for(plan.vendors)
+    if not cases:
+        raise SystemExit(f"bench: no vendor selected (known: {', '.join(c.vendor for c in CASES)})")
+    for case in cases:
+        speech_for(case)  # made (and cached) once here, before the helpers read it
+    result = Run(plan=plan, environment=environment())
+    max_sessions = min(1024, max(64, 2 * max(plan.levels) + 16))
+    with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
+        workdir = plan.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        emulators = Worker(workers.emulators_main, tuple(case.vendor for case in cases))
+        try:
+            vendors: dict[str, dict[str, Any]] = await emulators.ask(timeout=60)
+            _say(f"start-up: {plan.startups} cold start(s) of the daemon")
+            result.startups = await measure_startups(plan, vendors, workdir)
+            daemon = await start_daemon(daemon_config(free_port(), vendors, max_sessions), workdir, "daemon")
+            clients: Worker | None = None
+            try:
+                result.idle = await measure_idle(plan, daemon)
+                clients = Worker(workers.clients_main, daemon.port, vendors)
+                await clients.ask(timeout=60)
+                _say("warm-up: one utterance per vendor through both paths (reported apart)")
+                warm = await run_level(plan, 1, daemon, clients, emulators, workdir, iterations=len(cases), pace=8.0,
+                                       profiled=False)
+                result.warmup = warm.results
+                for level in plan.levels:
+                    _say(f"level {level}: {level} + {level} clients x {plan.iterations(level)} utterances")
+                    level_run = await run_level(plan, level, daemon, clients, emulators, workdir)
+                    result.levels.append(level_run)
+                    _say("  " + report.level_line(level_run))
+                await asyncio.sleep(plan.idle_seconds)
+                result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
+            except BaseException:
+                print(daemon.log_tail(), file=sys.stderr)
+                raise
+            finally:
+                if clients is not None:
+                    await clients.stop()
+                await daemon.stop()
+                result.after.update(
+                    {
+                        "peak_rss_bytes": _peak_rss(result),
+                        "exit_code": daemon.exit_code,
+                        "stop_seconds": daemon.stop_seconds,
+                        "log_errors": _log_errors(daemon),
+                    }
+                )
+        finally:
+            await emulators.stop()
+    return result
+
+
+async def measure_idle(plan: Plan, daemon: DaemonProcess) -> dict[str, Any]:
+    """Right after start: RSS, CPU while nothing happens, and describe round trips."""
+    cpu_before = cpu_seconds(daemon.pid)
+    await asyncio.sleep(plan.idle_seconds)
+    cpu = cpu_seconds(daemon.pid) - cpu_before
+    rss = memory(daemon.pid).get("VmRSS", 0)
+    describes = [await describe_round_trip(daemon.port) for _ in range(plan.describes)]
+    return {
+        "ready_seconds": daemon.ready_seconds,
+        "listening_seconds": daemon.listening_seconds,
+        "rss_bytes": rss,
+        "cpu_per_second": cpu / plan.idle_seconds,
+        "describe_seconds": describes,
+    }
+
+
+def _peak_rss(result: Run) -> int:
+    sampled = [rss for level in result.levels for rss in level.rss_samples]
+    return max(sampled, default=0)
+
+
+def _log_errors(daemon: DaemonProcess) -> list[str]:
+    """Warnings and errors the daemon logged (a clean run has none)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in daemon.log_path.read_text(errors="replace").splitlines():
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                found.append(line)
+    return found[:50]
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default, ~5 min), quick, tiny")
+    parser.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
+    parser.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="same as --preset tiny")
+    parser.add_argument("--levels", help="concurrency levels, e.g. 1,10,50,100,150")
+    parser.add_argument("--vendors", help=f"comma-separated subset of {','.join(c.vendor for c in CASES)}")
+    parser.add_argument("--samples", type=int, help="streams per path and level (level 1: --samples-single)")
+    parser.add_argument("--samples-single", type=int, help="streams per path at level 1")
+    parser.add_argument("--pace", type=float, help="1 = real time (default)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the daemon during each level (profile.md)")
+    parser.add_argument("--keep", type=Path, help="keep the daemon's configs and logs in this directory")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where RESULTS.md, results.json, *.png go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = PRESETS[args.preset]
+    changes: dict[str, Any] = {}
+    if args.levels:
+        changes["levels"] = tuple(int(level) for level in args.levels.split(","))
+    if args.vendors:
+        changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
+    for name in ("samples", "samples_single", "pace"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.profile:
+        changes["profile"] = True
+    if args.keep:
+        changes["keep"] = args.keep
+    plan = _replace(plan, **changes)
+    started = time.monotonic()
+    result = asyncio.run(run(plan))
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = report.write(result, args.out, time.monotonic() - started)
+    _say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
+    print(json.dumps(summary["budgets"], indent=1, ensure_ascii=False))
+    return 0 if summary["clean"] else 1
+
+
+def _replace(plan: Plan, **changes: Any) -> Plan:
+    import dataclasses
+
+    return dataclasses.replace(plan, **changes)
+

@@ -1,0 +1,98 @@
+"""What the benchmark runs: one utterance per vendor, the emulators, and the configurations of both paths."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from asr_daemon.emulators.amivoice import AmiVoiceEmulator
+from asr_daemon.emulators.base import Emulator, EmulatorOptions
+from asr_daemon.emulators.iapp import IAppEmulator
+from asr_daemon.emulators.sauc import Zyun360Emulator
+from asr_daemon.emulators.tiro import TiroEmulator
+from asr_daemon.emulators.yating import YatingEmulator
+from asr_daemon.vendors import registry
+from asr_daemon.vendors.base import VendorAdapter
+from tests.support.speech import utterance
+
+API_KEY = "bench-key"
+RATE, WIDTH, CHANNELS = 16000, 2, 1
+BYTES_PER_SECOND = RATE * WIDTH * CHANNELS
+
+
+@dataclass(frozen=True)
+class VendorCase:
+    """One vendor protocol: the language Home Assistant asks for, and what the user says."""
+
+    vendor: str
+    language: str
+    voice: str
+    text: str
+    emulator: type[Emulator]
+
+
+# One short command per vendor, spoken by espeak-ng in the vendor's language. The five wire protocols;
+# Volcengine speaks the same one as 360 Zyun (same codec and emulator), so it is not run twice.
+CASES: tuple[VendorCase, ...] = (
+    VendorCase("amivoice", "ja", "ja", "明かりをつけて。", AmiVoiceEmulator),
+    VendorCase("iapp", "th", "th", "เปิดไฟ", IAppEmulator),
+    VendorCase("tiro", "is", "is", "Kveiktu ljósið.", TiroEmulator),
+    VendorCase("yating", "zh-TW", "cmn", "請開燈。", YatingEmulator),
+    VendorCase("zyun360", "zh-CN", "cmn", "请开灯。", Zyun360Emulator),
+)
+
+
+def speech_for(case: VendorCase, *, lead_ms: int = 300, tail_ms: int = 800) -> bytes:
+    """16 kHz s16le mono: silence, the spoken command, silence (what Home Assistant's VAD leaves around it)."""
+    return utterance(case.text, voice=case.voice, speed=175, lead_ms=lead_ms, tail_ms=tail_ms)
+
+
+def cases_for(vendors: tuple[str, ...]) -> tuple[VendorCase, ...]:
+    return tuple(case for case in CASES if case.vendor in vendors)
+
+
+def vendor_adapter(vendor: str, settings: dict[str, Any]) -> VendorAdapter:
+    """The vendor's adapter, built exactly as the daemon builds it, for the direct path."""
+    cls = registry.adapter_class(vendor)
+    return cls(cls.settings_model.model_validate(settings))
+
+
+def daemon_config(port: int, vendors: dict[str, dict[str, Any]], max_sessions: int) -> dict[str, Any]:
+    """The daemon's config: 127.0.0.1 only, every vendor on its emulator, logging as shipped (info, human)."""
+    return {
+        "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
+        "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
+        "log": {"level": "info", "format": "human"},
+        "vendors": vendors,
+    }
+
+
+@dataclass
+class Emulators:
+    """The running emulators, one per vendor, shared by the daemon path and the direct path."""
+
+    by_vendor: dict[str, Emulator] = field(default_factory=dict)
+
+    def vendor_settings(self, vendor: str) -> dict[str, Any]:
+        """``vendors.<vendor>`` for both paths: the same URL, key and options."""
+        emulator = self.by_vendor[vendor]
+        settings: dict[str, Any] = {"url": emulator.url, "api_key": API_KEY}
+        token_url = getattr(emulator, "token_url", None)
+        if token_url:
+            settings["token_url"] = token_url
+        return settings
+
+
+@contextlib.asynccontextmanager
+async def running_emulators(cases: tuple[VendorCase, ...]) -> AsyncIterator[Emulators]:
+    """Every case's emulator on 127.0.0.1, scripted with the case's text, no fault (the vendor's own timing)."""
+    emulators = Emulators()
+    async with contextlib.AsyncExitStack() as stack:
+        for case in cases:
+            options = EmulatorOptions(script=[case.text], api_keys=[API_KEY])
+            emulator = case.emulator(options)
+            await stack.enter_async_context(emulator.running("127.0.0.1", 0))
+            emulators.by_vendor[case.vendor] = emulator
+        yield emulators

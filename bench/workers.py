@@ -1,0 +1,121 @@
+"""The benchmark's two helper processes, so that neither the daemon nor the measuring process carries the load.
+
+* the emulators: every vendor emulator, serving both paths;
+* the clients: the Wyoming clients (daemon path) and the direct vendor clients, in one process so both
+  paths see the same event loop and are timed the same way.
+
+The orchestrator (``run.py``) talks to each over a ``multiprocessing`` pipe: plain dicts and lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import statistics
+from multiprocessing.connection import Connection
+from typing import Any
+
+from asr_daemon.vendors.base import VendorAdapter
+
+from .daemon_process import own_cpu_seconds
+from .load import LoopLag, StreamResult, daemon_stream, direct_stream, encode_utterance, run_slot
+from .scenario import BYTES_PER_SECOND, VendorCase, cases_for, running_emulators, speech_for, vendor_adapter
+
+
+async def _receive(conn: Connection) -> Any:
+    """The next message from the orchestrator (None once it is gone)."""
+    try:
+        return await asyncio.to_thread(conn.recv)
+    except (EOFError, OSError):
+        return None
+
+
+def emulators_main(conn: Connection, vendors: tuple[str, ...]) -> None:
+    asyncio.run(_emulators(conn, vendors))
+
+
+async def _emulators(conn: Connection, vendors: tuple[str, ...]) -> None:
+    lag = LoopLag()
+    lag.start()
+    async with running_emulators(cases_for(vendors)) as emulators:
+        conn.send({vendor: emulators.vendor_settings(vendor) for vendor in vendors})
+        while True:
+            message = await _receive(conn)
+            if message is None or message == "stop":
+                break
+            if message == "lag":
+                conn.send(lag.samples)
+                lag.samples = []
+    await lag.stop()
+
+
+def clients_main(conn: Connection, port: int, vendors: dict[str, dict[str, Any]]) -> None:
+    asyncio.run(_clients(conn, port, vendors))
+
+
+async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any]]) -> None:
+    cases = cases_for(tuple(vendors))
+    speech = {case.vendor: speech_for(case) for case in cases}
+    adapters = {vendor: vendor_adapter(vendor, settings) for vendor, settings in vendors.items()}
+    encoded: dict[tuple[str, int], list[bytes]] = {}
+    conn.send("ready")
+    while True:
+        command = await _receive(conn)
+        if command is None or command == "stop":
+            return
+        level, iterations, pace, piece = command["level"], command["iterations"], command["pace"], command["piece"]
+        for case in cases:
+            if (case.vendor, piece) not in encoded:
+                encoded[case.vendor, piece] = encode_utterance(speech[case.vendor], piece)
+
+        through_daemon = functools.partial(_through_daemon, port, speech, encoded, piece, pace)
+        direct = functools.partial(_direct, adapters, speech, piece, pace)
+        # Clients start spread over one utterance, so ends of audio do not all fall at the same instant (they
+        # would in no real house); each direct client runs half a step after its daemon twin.
+        mean_seconds = statistics.fmean(len(speech[c.vendor]) / BYTES_PER_SECOND for c in cases) / pace
+        step = mean_seconds / level
+        slots = [run_slot(through_daemon, cases, slot, iterations, slot * step) for slot in range(level)]
+        slots += [run_slot(direct, cases, slot, iterations, (slot + 0.5) * step) for slot in range(level)]
+        lag = LoopLag()
+        lag.start()
+        cpu = own_cpu_seconds()
+        per_slot = await asyncio.gather(*slots)
+        cpu = own_cpu_seconds() - cpu
+        await lag.stop()
+        conn.send(
+            {
+                "results": [result.to_json() for results in per_slot for result in results],
+                "lag": lag.samples,
+                "cpu_seconds": cpu,
+            }
+        )
+
+
+async def _through_daemon(
+    port: int,
+    speech: dict[str, bytes],
+    encoded: dict[tuple[str, int], list[bytes]],
+    piece: int,
+    pace: float,
+    case: VendorCase,
+    slot: int,
+    iteration: int,
+) -> StreamResult:
+    return await daemon_stream(
+        port, case, speech[case.vendor], piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
+        encoded=encoded[case.vendor, piece],
+    )  # fmt: skip
+
+
+async def _direct(
+    adapters: dict[str, VendorAdapter],
+    speech: dict[str, bytes],
+    piece: int,
+    pace: float,
+    case: VendorCase,
+    slot: int,
+    iteration: int,
+) -> StreamResult:
+    return await direct_stream(
+        adapters[case.vendor], case, speech[case.vendor], piece_bytes=piece, pace=pace, slot=slot, iteration=iteration
+    )
