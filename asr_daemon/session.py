@@ -202,6 +202,7 @@ class Session:
             self._stopped_at = time.monotonic()
             self._audio_arrived.set()
         try:
+            # The transcript goes back at once; the vendor connection's close handshake happens in aclose().
             return await asyncio.wait_for(asyncio.shield(self._done), self.limits.final_timeout)
         except TimeoutError:
             self.fail(
@@ -211,9 +212,11 @@ class Session:
                     "of the end of audio",
                 )
             )
-            raise self._error() from None
-        finally:
             await self._shutdown()
+            raise self._error() from None
+        except SessionError:
+            await self._shutdown()
+            raise
 
     def fail(self, error: SessionError) -> None:
         if not self._done.done():
@@ -252,10 +255,13 @@ class Session:
             )
             self.fail(error)
             raise error
+        before = self._buffer.end
         self._buffer.append(pcm)
         if self.all_audio is not None:
             self.all_audio += pcm
-        self._audio_arrived.set()
+        # Wake the sender once a whole vendor message is there, not for every small client chunk.
+        if self._buffer.end // self._chunk_bytes != before // self._chunk_bytes:
+            self._audio_arrived.set()
 
     async def _run(self) -> None:
         name = self.adapter.name
@@ -379,7 +385,8 @@ class Session:
                 return
             self._audio_arrived.clear()
             try:
-                await asyncio.wait_for(self._audio_arrived.wait(), self._keepalive)
+                async with asyncio.timeout(self._keepalive):
+                    await self._audio_arrived.wait()
             except TimeoutError:
                 # The client paused: keep the vendor's idle limit from cutting the stream.
                 await stream.send_audio(silence)

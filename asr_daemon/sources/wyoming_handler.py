@@ -100,7 +100,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         try:
             while not self._closing:
                 try:
-                    event = await asyncio.wait_for(async_read_event(self.reader), self.context.idle_timeout)
+                    async with asyncio.timeout(self.context.idle_timeout):
+                        event = await async_read_event(self.reader)
                 except TimeoutError:
                     _LOGGER.info("%s: no event for %g s; closing", self.peer, self.context.idle_timeout)
                     await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
