@@ -11,10 +11,11 @@ A vendor is two pieces:
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -153,9 +154,16 @@ class StreamCodec(ABC):
     def send_audio(self, pcm: bytes) -> list[Outgoing]:
         """Messages that carry one chunk of audio."""
 
-    @abstractmethod
     def end(self) -> list[Outgoing]:
-        """Messages that tell the vendor no more audio follows."""
+        """Messages that tell the vendor no more audio follows (once: later calls send nothing)."""
+        if self.ended:
+            return []
+        self.ended = True
+        return self.end_of_stream()
+
+    @abstractmethod
+    def end_of_stream(self) -> list[Outgoing]:
+        """The vendor's end-of-stream messages (called once, by ``end``)."""
 
     @abstractmethod
     def receive(self, message: str | bytes) -> list[VendorEvent]:
@@ -168,6 +176,42 @@ class StreamCodec(ABC):
         shown = "no close frame" if code is None else f"code {code}"
         detail = f": {reason}" if reason else ""
         return [VendorError(f"vendor closed the connection before completing ({shown}{detail})")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing helpers shared by the codecs
+
+# How much of a vendor's own words an error message quotes.
+QUOTE_CHARS = 200
+
+
+def quote_vendor_text(text: str) -> str:
+    """Vendor text fit for an error message: one line, bounded, secrets masked (it may echo the key)."""
+    from ..redact import redact
+
+    flat = redact(" ".join(text.split()))
+    return flat if len(flat) <= QUOTE_CHARS else flat[: QUOTE_CHARS - 1] + "…"
+
+
+def json_object(text: str | bytes) -> dict[str, Any] | None:
+    """``text`` as a JSON object, or None when it is not one."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def json_message(vendor: str, message: str | bytes) -> dict[str, Any] | VendorError:
+    """A vendor's text message as a JSON object, or the error that says what was wrong with it."""
+    if isinstance(message, bytes):
+        return VendorError(f"{vendor} sent an unexpected binary message ({len(message)} bytes)")
+    document = json_object(message)
+    if document is not None:
+        return document
+    if json_object(f'{{"v": {message}}}') is None:
+        return VendorError(f"{vendor} sent a message that is not JSON: {quote_vendor_text(message)}")
+    return VendorError(f"{vendor} sent an unexpected message: {quote_vendor_text(message)}")
 
 
 # ---------------------------------------------------------------------------------------------------------

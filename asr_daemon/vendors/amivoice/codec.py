@@ -21,7 +21,6 @@ How errors are classified (the vendor publishes no machine-readable severity):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ from ..base import (
     StreamReady,
     VendorError,
     VendorEvent,
+    json_object,
 )
 
 # Headerless signed 16-bit little-endian 16 kHz: exactly what the session delivers.
@@ -99,10 +99,7 @@ class AmiVoiceCodec(StreamCodec):
             return []
         return [_AUDIO_TAG + pcm]
 
-    def end(self) -> list[Outgoing]:
-        if self.ended:
-            return []
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         return ["e"]
 
     # -- what we receive --------------------------------------------------------------------------------
@@ -157,14 +154,14 @@ class AmiVoiceCodec(StreamCodec):
 
     def _on_interim(self, body: str) -> list[VendorEvent]:
         # A broken interim result costs only a progress update; the final result carries the text.
-        document = _json_object(body)
+        document = json_object(body)
         if document is None:
             return []
         text = _interim_text(document)
         return [PartialResult(text)] if text else []
 
     def _on_final(self, body: str) -> list[VendorEvent]:
-        document = _json_object(body)
+        document = json_object(body)
         if document is None:
             return [VendorError("AmiVoice sent a final result that is not a JSON object")]
         code = _string(document.get("code"))
@@ -188,14 +185,6 @@ class AmiVoiceCodec(StreamCodec):
 
 # -------------------------------------------------------------------------------------------------------
 # JSON helpers: every field is checked, nothing is trusted to have the documented type.
-
-
-def _json_object(body: str) -> dict[str, Any] | None:
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def _string(value: object) -> str:

@@ -11,10 +11,8 @@ are undocumented: anything else is reported as an error carrying what the vendor
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
-from ...redact import redact
 from ..base import (
     FinalResult,
     Outgoing,
@@ -23,6 +21,8 @@ from ..base import (
     StreamCompleted,
     VendorError,
     VendorEvent,
+    json_message,
+    quote_vendor_text,
 )
 
 END_OF_STREAM = '{"data":{"status":"CloseConnection"}}'
@@ -31,8 +31,6 @@ CLOSE_CONFIRMATION = "Confirm Close Connection"
 # Updates the open sentence. Compared without spaces and case: the seed's prose calls it "New sentence".
 _SENTENCE = "sentence"
 _NEW_SENTENCE = "newsentence"
-# Longest piece of an unexpected vendor message quoted in an error.
-_QUOTE_CHARS = 200
 # Keys an undocumented error document is most likely to explain itself in, best first.
 _MESSAGE_KEYS = ("message", "error", "msg", "desc", "detail", "reason", "text")
 _CODE_KEYS = ("code", "status", "status_code")
@@ -61,23 +59,15 @@ class IAppCodec(StreamCodec):
             return []
         return [pcm]
 
-    def end(self) -> list[Outgoing]:
-        if self.ended:
-            return []
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         return [END_OF_STREAM]
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:
         if self.completed:
             return []
-        if isinstance(message, bytes):
-            return [VendorError(f"iApp sent an unexpected binary message ({len(message)} bytes)")]
-        try:
-            document: Any = json.loads(message)
-        except ValueError:
-            return [VendorError(f"iApp sent a message that is not JSON: {_quote(message)}")]
-        if not isinstance(document, dict):
-            return [VendorError(f"iApp sent an unexpected message: {_quote(message)}")]
+        document = json_message("iApp", message)
+        if isinstance(document, VendorError):
+            return [document]
         text = document.get("text")
         state = document.get("state")
         if text == CLOSE_CONFIRMATION:
@@ -88,7 +78,7 @@ class IAppCodec(StreamCodec):
                 return self._update(text)
             if kind == _NEW_SENTENCE:
                 return [*self._close_sentence(), *self._update(text)]
-        return [_error_from(document, message)]
+        return [_error_from(document, str(message))]
 
     def connection_closed(self, code: int | None, reason: str) -> list[VendorEvent]:
         # The confirmation is the documented end; a normal close after everything was sent is the one variant
@@ -114,19 +104,13 @@ class IAppCodec(StreamCodec):
         return [*self._close_sentence(), StreamCompleted()]
 
 
-def _quote(text: str) -> str:
-    """Vendor text fit for an error message: one line, bounded, secrets masked (it may echo the key)."""
-    flat = redact(" ".join(text.split()))
-    return flat if len(flat) <= _QUOTE_CHARS else flat[: _QUOTE_CHARS - 1] + "…"
-
-
 def _error_from(document: dict[str, Any], raw: str) -> VendorError:
     """An unrecognised JSON message, most likely an (undocumented) error: keep what the vendor said."""
     said = next((v for k in _MESSAGE_KEYS if isinstance(v := document.get(k), str) and v.strip()), None)
     code_value = next((document[k] for k in _CODE_KEYS if isinstance(document.get(k), str | int)), None)
     code = None if code_value is None or isinstance(code_value, bool) else str(code_value)
     if said is None:
-        return VendorError(f"iApp sent an unexpected message: {_quote(raw)}", code)
+        return VendorError(f"iApp sent an unexpected message: {quote_vendor_text(raw)}", code)
     # An authentication complaint does not go away by reconnecting with the same key.
     fatal = code in ("401", "403")
-    return VendorError(f"iApp error: {_quote(said)}", code, fatal=fatal)
+    return VendorError(f"iApp error: {quote_vendor_text(said)}", code, fatal=fatal)

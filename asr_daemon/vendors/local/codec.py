@@ -107,8 +107,7 @@ class LocalCodec(StreamCodec):
     def send_audio(self, pcm: bytes) -> list[Outgoing]:
         return []
 
-    def end(self) -> list[Outgoing]:
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         return []
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:

@@ -334,10 +334,7 @@ class SaucCodec(StreamCodec):
         sequence = self._sequence
         return [client_frame(MessageType.AUDIO_ONLY_REQUEST, FLAG_SEQUENCE, sequence, pcm, self.audio_level)]
 
-    def end(self) -> list[Outgoing]:
-        if self.ended:
-            return []
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         self._sequence += 1
         flags = FLAG_SEQUENCE | FLAG_LAST
         return [client_frame(MessageType.AUDIO_ONLY_REQUEST, flags, -self._sequence, b"", self.request_level)]

@@ -117,10 +117,7 @@ class TiroCodec(StreamCodec):
         # without running the JSON encoder over ~4 kB ten times a second.
         return [_AUDIO_PREFIX + base64.b64encode(pcm).decode("ascii") + _AUDIO_SUFFIX]
 
-    def end(self) -> list[Outgoing]:
-        if self.ended:
-            return []
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         return [END_MARKER]
 
     # -- incoming --------------------------------------------------------------------------------------

@@ -47,9 +47,7 @@ class YatingSettings(VendorSettings):
         default_factory=lambda: ["zh-TW", "zh-Hant"],
         description="Wyoming language codes routed to Yating (it also does en and ja: list them to use it)",
     )
-    token_url: str = Field(
-        default=DEFAULT_TOKEN_URL, description="Where one-time tokens are bought (HTTP POST)"
-    )
+    token_url: str = Field(default=DEFAULT_TOKEN_URL, description="Where one-time tokens are bought (HTTP POST)")
     pipelines: dict[str, str] = Field(
         default_factory=dict,
         description="Language code → Yating pipeline, overriding the built-in choice (zh-TW: asr-zh-en-std)",

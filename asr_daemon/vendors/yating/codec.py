@@ -16,7 +16,6 @@ import math
 import re
 from typing import Any, ClassVar
 
-from ...redact import redact
 from ..base import (
     FinalResult,
     Outgoing,
@@ -26,18 +25,16 @@ from ..base import (
     StreamReady,
     VendorError,
     VendorEvent,
+    json_message,
+    quote_vendor_text,
 )
 
 END_OF_STREAM = b""
 SESSION_STARTED = "session_started"
 
-# Longest piece of vendor text quoted in an error.
-_QUOTE_CHARS = 200
 # A rejected token/key is a credentials or configuration problem that a new connection will not fix. The
 # vendor's exact wording is undocumented, so this matches the words such a complaint must contain.
-_CREDENTIAL_WORDS = re.compile(
-    r"token|auth|\bkey\b|api[ _-]?key|credential|permission|forbidden|denied", re.IGNORECASE
-)
+_CREDENTIAL_WORDS = re.compile(r"token|auth|\bkey\b|api[ _-]?key|credential|permission|forbidden|denied", re.IGNORECASE)
 
 
 class YatingCodec(StreamCodec):
@@ -65,23 +62,15 @@ class YatingCodec(StreamCodec):
             return []
         return [pcm]
 
-    def end(self) -> list[Outgoing]:
-        if self.ended:
-            return []
-        self.ended = True
+    def end_of_stream(self) -> list[Outgoing]:
         return [END_OF_STREAM]
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:
         if self.completed:
             return []
-        if isinstance(message, bytes):
-            return [VendorError(f"Yating sent an unexpected binary message ({len(message)} bytes)")]
-        try:
-            document: Any = json.loads(message)
-        except (ValueError, RecursionError):
-            return [VendorError(f"Yating sent a message that is not JSON: {_quote(message)}")]
-        if not isinstance(document, dict):
-            return [VendorError(f"Yating sent an unexpected message: {_quote(message)}")]
+        document = json_message("Yating", message)
+        if isinstance(document, VendorError):
+            return [document]
         events: list[VendorEvent] = []
         if "status" in document:
             events.extend(self._status(document))
@@ -89,7 +78,7 @@ class YatingCodec(StreamCodec):
         if isinstance(pipe, dict):
             events.extend(self._pipe(pipe))
         elif "status" not in document:
-            return [VendorError(f"Yating sent an unexpected message: {_quote(message)}")]
+            return [VendorError(f"Yating sent an unexpected message: {quote_vendor_text(str(message))}")]
         return events
 
     def connection_closed(self, code: int | None, reason: str) -> list[VendorEvent]:
@@ -110,7 +99,11 @@ class YatingCodec(StreamCodec):
             return []
         # Anything but "ok" is an error: the vendor's own SDK treats it as fatal to the session.
         detail = document.get("detail")
-        said = _quote(detail) if isinstance(detail, str) and detail.strip() else _quote(json.dumps(document))
+        said = (
+            quote_vendor_text(detail)
+            if isinstance(detail, str) and detail.strip()
+            else quote_vendor_text(json.dumps(document))
+        )
         self._failed = True
         # Only the start of a stream checks the token; later errors are the pipeline's, and a new stream (with
         # a new token) may well succeed.
@@ -148,9 +141,3 @@ def _code(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     return str(value)
-
-
-def _quote(text: str) -> str:
-    """Vendor text fit for an error message: one line, bounded, secrets masked."""
-    flat = redact(" ".join(text.split()))
-    return flat if len(flat) <= _QUOTE_CHARS else flat[: _QUOTE_CHARS - 1] + "…"

@@ -119,7 +119,7 @@ def _said(payload: bytes) -> str:
         texts = (v for k in ("error", "message", "detail") if isinstance(v := document.get(k), str))
         said = next(texts, None)
     if said is None:
-        said = payload[:_QUOTE_CHARS * 4].decode("utf-8", "replace")
+        said = payload[: _QUOTE_CHARS * 4].decode("utf-8", "replace")
     flat = redact(" ".join(said.split()))
     if not flat:
         return ""
