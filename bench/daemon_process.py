@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import yaml
 
-from .load import describe_round_trip
+from .load import Periodic, describe_round_trip
 
 ROOT = Path(__file__).resolve().parents[1]
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -138,26 +138,15 @@ def _spawn(command: list[str], env: dict[str, str], log: IO[bytes]) -> subproces
     return subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
-class Sampler:
+class Sampler(Periodic):
     """Samples the daemon's RSS every ``interval`` while a level runs."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(interval)
         self.pid = pid
-        self.interval = interval
         self.rss: list[int] = []
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, KeyError):
-                self.rss.append(memory(self.pid)["VmRSS"])
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            self.rss.append(memory(self.pid)["VmRSS"])
+        await asyncio.sleep(self.interval)

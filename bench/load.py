@@ -306,12 +306,11 @@ async def run_slot(
     return results
 
 
-class LoopLag:
-    """How late this process's event loop wakes up (a saturated load generator would distort both paths)."""
+class Periodic:
+    """Runs ``tick()`` every ``interval`` seconds between ``start()`` and ``stop()``."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -323,8 +322,22 @@ class LoopLag:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def tick(self) -> None:
+        raise NotImplementedError
+
     async def _run(self) -> None:
         while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.interval)
-            self.samples.append(max(0.0, time.monotonic() - before - self.interval))
+            await self.tick()
+
+
+class LoopLag(Periodic):
+    """How late this process's event loop wakes up (a saturated load generator would distort both paths)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        super().__init__(interval)
+        self.samples: list[float] = []
+
+    async def tick(self) -> None:
+        before = time.monotonic()
+        await asyncio.sleep(self.interval)
+        self.samples.append(max(0.0, time.monotonic() - before - self.interval))

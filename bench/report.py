@@ -105,9 +105,7 @@ def level_figures(level: LevelRun) -> dict[str, Any]:
     figures["errors_daemon"] = sum(1 for r in results if r.path == "daemon" and not r.ok)
     figures["errors_direct"] = sum(1 for r in results if r.path == "direct" and not r.ok)
     figures["wall_seconds"] = level.wall_seconds
-    figures["vendors"] = {
-        vendor: latency_figures(results, vendor) for vendor in sorted({r.vendor for r in results})
-    }
+    figures["vendors"] = {vendor: latency_figures(results, vendor) for vendor in sorted({r.vendor for r in results})}
     return figures
 
 
@@ -200,9 +198,7 @@ def write(run: Run, out: Path, seconds: float) -> dict[str, Any]:
     verdicts = budgets(run, figures)
     best = highest_level_under(figures, BUDGET_ADDED_P99_50)
     warm = latency_figures(run.warmup)
-    clean = all(f["errors_daemon"] == 0 and f["errors_direct"] == 0 for f in figures) and all(
-        r.ok for r in run.warmup
-    )
+    clean = all(f["errors_daemon"] == 0 and f["errors_direct"] == 0 for f in figures) and all(r.ok for r in run.warmup)
     summary: dict[str, Any] = {
         "environment": run.environment,
         "plan": {k: v for k, v in vars(run.plan).items()},
@@ -349,8 +345,7 @@ def _write_markdown(
         f"| CPU at idle | {100 * idle.get('cpu_per_second', 0):.2f} % of a core |",
         f"| describe round trip at idle, p50 / p99 of {len(idle_describe)} (connect + describe + info) | "
         f"{_f(ms(pct(idle_describe, 50)), 2)} / {_f(ms(pct(idle_describe, 99)), 2)} ms |",
-        f"| SIGTERM → exit (exit code) | {_f(run.after.get('stop_seconds'), 3)} s "
-        f"({run.after.get('exit_code')}) |",
+        f"| SIGTERM → exit (exit code) | {_f(run.after.get('stop_seconds'), 3)} s ({run.after.get('exit_code')}) |",
         f"| warnings/errors in the daemon's log | {len(run.after.get('log_errors', []))} |",
         "",
         "## Added latency per vendor (ms, p50 / p99)",

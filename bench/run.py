@@ -265,8 +265,19 @@ def _start_profiler(pid: int, workdir: Path, level: int) -> tuple[subprocess.Pop
         print("bench: py-spy not found; --profile skipped", file=sys.stderr)
         return None
     out = workdir / f"profile-{level}.txt"
-    command = [pyspy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
-               "--output", str(out)]
+    command = [
+        pyspy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
 
 
@@ -306,8 +317,9 @@ async def run(plan: Plan) -> Run:
                 clients = Worker(workers.clients_main, daemon.port, vendors)
                 await clients.ask(timeout=60)
                 _say("warm-up: one utterance per vendor through both paths (reported apart)")
-                warm = await run_level(plan, 1, daemon, clients, emulators, workdir, iterations=len(cases), pace=8.0,
-                                       profiled=False)
+                warm = await run_level(
+                    plan, 1, daemon, clients, emulators, workdir, iterations=len(cases), pace=8.0, profiled=False
+                )
                 result.warmup = warm.results
                 for level in plan.levels:
                     _say(f"level {level}: {level} + {level} clients x {plan.iterations(level)} utterances")
@@ -416,4 +428,3 @@ def _replace(plan: Plan, **changes: Any) -> Plan:
     import dataclasses
 
     return dataclasses.replace(plan, **changes)
-
