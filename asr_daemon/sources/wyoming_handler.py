@@ -91,6 +91,11 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._published_partial = ""
 
     @property
+    def who(self) -> str:
+        """How log lines name this connection: its session id while an utterance runs, and the peer."""
+        return f"session {self._session.id}: {self.peer}" if self._session is not None else self.peer
+
+    @property
     def in_utterance(self) -> bool:
         return self._in_utterance
 
@@ -103,20 +108,20 @@ class WyomingAsrHandler(AsyncEventHandler):
                     async with asyncio.timeout(self.context.idle_timeout):
                         event = await async_read_event(self.reader)
                 except TimeoutError:
-                    _LOGGER.info("%s: no event for %g s; closing", self.peer, self.context.idle_timeout)
+                    _LOGGER.info("%s: no event for %g s; closing", self.who, self.context.idle_timeout)
                     await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
                     break
                 except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
-                    _LOGGER.warning("%s: malformed event (%s); closing", self.peer, type(exc).__name__)
+                    _LOGGER.warning("%s: malformed event (%s); closing", self.who, type(exc).__name__)
                     await self._answer_error("bad-event", "malformed event: expected a JSON object with a 'type'")
                     break
                 if event is None:
                     violation = getattr(self.reader, "violation", None)
                     if isinstance(self.reader, BoundedStreamReader) and violation:
-                        _LOGGER.warning("%s: %s; closing", self.peer, violation)
+                        _LOGGER.warning("%s: %s; closing", self.who, violation)
                         await self._answer_error("too-large", violation)
                     elif self._in_utterance:
-                        _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.peer)
+                        _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.who)
                     break
                 if not await self.handle_event(event):
                     break
@@ -145,7 +150,7 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     async def _on_transcribe(self, event: Event) -> bool:
         if self._in_utterance:
-            _LOGGER.warning("%s: transcribe during an utterance ignored", self.peer)
+            _LOGGER.warning("%s: transcribe during an utterance ignored", self.who)
             return True
         try:
             request = Transcribe.from_event(event)
@@ -166,7 +171,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             self._in_utterance, self._answered = True, True
             return True
         if self._in_utterance:
-            _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.peer)
+            _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.who)
             await self._end_session()
         await self._begin_utterance(fmt)
         return True
@@ -413,7 +418,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             async with self._write_lock:
                 await asyncio.wait_for(async_write_event(event, self.writer), WRITE_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
-            _LOGGER.info("%s: cannot write to the client (%s); closing", self.peer, type(exc).__name__)
+            _LOGGER.info("%s: cannot write to the client (%s); closing", self.who, type(exc).__name__)
             self._closing = True
             self.writer.close()
             self.reader.feed_eof()
