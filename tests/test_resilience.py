@@ -12,6 +12,7 @@ from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.emulators.iapp import IAppEmulator
 from asr_daemon.emulators.sauc import Zyun360Emulator
+from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.resilience.backoff import Backoff, RetryBudget
 from asr_daemon.resilience.replay import ConnectionTimeline, ReplayBuffer
 from tests.support.daemon import running_daemon
@@ -82,7 +83,9 @@ async def test_keepalive_silence_holds_an_idle_vendor_stream_open() -> None:
     assert emulator.streams[0].pcm_bytes > len(pcm + tail)  # silence was sent during the pause
 
 
-async def _blackhole_scenario(emulator_cls: type[Any], vendor: str, script: list[str]) -> tuple[Any, FaultProxy]:
+async def _blackhole_scenario(
+    emulator_cls: type[Any], vendor: str, script: list[str], language: str
+) -> tuple[Any, FaultProxy]:
     pcm = silence(300) + speech("hello there") + silence(700) + speech("how are you today") + silence(1000)
     options = EmulatorOptions(script=script, recognise_by_audio=True)
     async with emulator_cls(options).running() as emulator:
@@ -93,9 +96,7 @@ async def _blackhole_scenario(emulator_cls: type[Any], vendor: str, script: list
                 "limits": {"final_timeout": 10.0},
             }
             async with running_daemon(config) as daemon:
-                task = asyncio.create_task(
-                    transcribe(daemon.port, pcm, language="ja" if vendor == "amivoice" else "th", realtime=True)
-                )
+                task = asyncio.create_task(transcribe(daemon.port, pcm, language=language, realtime=True))
                 await asyncio.sleep(1.5)
                 proxy.blackhole()
                 result = await task
@@ -104,7 +105,7 @@ async def _blackhole_scenario(emulator_cls: type[Any], vendor: str, script: list
 
 @speech_needed
 async def test_a_blackholed_path_is_noticed_within_five_seconds_where_the_vendor_answers_pings() -> None:
-    result, proxy = await _blackhole_scenario(AmiVoiceEmulator, "amivoice", ["こんにちは", "元気ですか"])
+    result, proxy = await _blackhole_scenario(AmiVoiceEmulator, "amivoice", ["こんにちは", "元気ですか"], "ja")
     assert result.text == "こんにちは元気ですか"
     assert proxy.connections == 2
     assert proxy.blackholed_at is not None
@@ -116,7 +117,7 @@ async def test_a_blackholed_path_is_noticed_within_five_seconds_where_the_vendor
 @speech_needed
 async def test_a_blackholed_path_without_pings_is_noticed_once_the_final_is_due() -> None:
     # iApp does not answer pings: the response watchdog after the end of audio finds the dead link.
-    result, proxy = await _blackhole_scenario(IAppEmulator, "iapp", ["สวัสดีครับ", "สบายดีไหม"])
+    result, proxy = await _blackhole_scenario(IAppEmulator, "iapp", ["สวัสดีครับ", "สบายดีไหม"], "th")
     assert result.text == "สวัสดีครับ สบายดีไหม"
     assert proxy.connections == 2
     assert result.latency is not None and result.latency <= 10
@@ -141,3 +142,12 @@ async def test_prewarmed_connection_serves_the_next_utterance_and_is_replaced() 
                     await asyncio.sleep(0.02)
             pool = daemon.pools["amivoice"]
             assert pool.hits == 1
+
+
+@speech_needed
+async def test_a_dead_link_is_never_taken_for_a_vendor_that_ends_streams_without_a_close_frame() -> None:
+    # Tiro's proxy ends a finished stream with a bare TCP close; a link we gave up on (pings unanswered) must
+    # still be a failure, retried, not an empty "completed" transcript.
+    result, proxy = await _blackhole_scenario(TiroEmulator, "tiro", ["Halló.", "Hvað segirðu?"], "is")
+    assert result.text == "Halló. Hvað segirðu?"
+    assert proxy.connections == 2

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from .. import __version__
 from ..redact import redact
@@ -195,8 +196,13 @@ class VendorStream:
             _LOGGER.exception("%s: failed to handle a vendor message", self.adapter.name)
             self._emit([VendorError(f"internal error handling a vendor message: {exc}")])
         finally:
-            rcvd = ws.protocol.close_rcvd
-            code = rcvd.code if rcvd is not None else None
-            reason = rcvd.reason if rcvd is not None else ""
-            self._emit(self.codec.connection_closed(code, reason))
+            rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+            if rcvd is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR and not self.codec.completed:
+                # We gave up on the link (pings unanswered): that is a dead link, never the vendor's way of ending
+                # a stream (Tiro's proxy ends streams without a close frame, which must not be confused with it).
+                self._emit([VendorError(f"the link to the vendor died ({sent.reason or 'no answer to pings'})")])
+            else:
+                code = rcvd.code if rcvd is not None else None
+                reason = rcvd.reason if rcvd is not None else ""
+                self._emit(self.codec.connection_closed(code, reason))
             self._closed.set()
