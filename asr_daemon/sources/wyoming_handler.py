@@ -207,6 +207,10 @@ class WyomingAsrHandler(AsyncEventHandler):
         session = self._session
         self._publish_utterance_end()
         if session is None or self._answered:
+            # An early failure may still be on its way to the client: it goes out before we close.
+            early, self._early_failure = self._early_failure, None
+            if early is not None:
+                await early
             await self._end_session()
             return False
         try:
@@ -311,6 +315,10 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     async def _fail_utterance(self, error: SessionError) -> None:
         if self._answered:
+            # Answered already, perhaps by the early-failure task still writing: let it finish first.
+            early = self._early_failure
+            if early is not None and early is not asyncio.current_task() and not early.done():
+                await early
             return
         self._answered = True
         session = self._session
@@ -358,6 +366,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         while True:
             await self._partial_wakeup.wait()
             self._partial_wakeup.clear()
+            if self._partial_pump is None:
+                return  # told to stop
             text = self._partial_text
             # Chunks only ever append: a revised hypothesis waits until it extends what was sent again.
             if text.startswith(self._emitted) and len(text) > len(self._emitted):
@@ -367,8 +377,15 @@ class WyomingAsrHandler(AsyncEventHandler):
                 await self._write(TranscriptChunk(delta).event())
 
     async def _stop_partials(self) -> None:
+        """Stop the partial pump after the chunk it may be writing (a cancellation could be lost mid-write)."""
         pump, self._partial_pump = self._partial_pump, None
-        if pump is not None:
+        if pump is None:
+            return
+        self._partial_wakeup.set()
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT + 1):
+                await asyncio.shield(pump)
+        except TimeoutError:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -415,8 +432,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         if self._closing:
             return
         try:
-            async with self._write_lock:
-                await asyncio.wait_for(async_write_event(event, self.writer), WRITE_TIMEOUT)
+            async with self._write_lock, asyncio.timeout(WRITE_TIMEOUT):
+                await async_write_event(event, self.writer)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             _LOGGER.info("%s: cannot write to the client (%s); closing", self.who, type(exc).__name__)
             self._closing = True
