@@ -16,16 +16,11 @@ from pathlib import Path
 
 from asr_daemon import __version__
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
-from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.emulators.iapp import IAppEmulator
 from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.resilience.policy import DEFAULT_POLICY
-from tests.support.daemon import running_daemon
-from tests.support.fault_proxy import FaultProxy
-from tests.support.faults import FAULTS, VENDORS, Outcome, run_scenario
+from tests.support.faults import FAULTS, VENDORS, Outcome, blackhole_scenario, run_scenario
 from tests.support.soak import SoakReport, soak
-from tests.support.speech import silence, speech
-from tests.support.wyoming import transcribe
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 
@@ -34,19 +29,7 @@ async def dead_link(
     emulator_cls: type, vendor: str, language: str, script: list[str]
 ) -> tuple[str, float | None, float | None]:
     """Blackhole the path 1.5 s into a real-time utterance; returns (outcome, seconds to reconnect, latency)."""
-    pcm = silence(300) + speech("hello there") + silence(700) + speech("how are you today") + silence(1000)
-    async with emulator_cls(EmulatorOptions(script=script, recognise_by_audio=True)).running() as emulator:
-        proxy = FaultProxy("127.0.0.1", emulator.port)
-        async with proxy.running():
-            config = {
-                "vendors": {vendor: {"url": proxy.url_for(emulator.url), "api_key": "test-key"}},
-                "limits": {"final_timeout": 10.0},
-            }
-            async with running_daemon(config) as daemon:
-                task = asyncio.create_task(transcribe(daemon.port, pcm, language=language, realtime=True))
-                await asyncio.sleep(1.5)
-                proxy.blackhole()
-                result = await task
+    result, proxy = await blackhole_scenario(emulator_cls, vendor, script, language)
     noticed = (
         proxy.connected_at[1] - proxy.blackholed_at if len(proxy.connected_at) > 1 and proxy.blackholed_at else None
     )

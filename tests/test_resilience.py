@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,7 @@ from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.resilience.backoff import Backoff, RetryBudget
 from asr_daemon.resilience.replay import ConnectionTimeline, ReplayBuffer
 from tests.support.daemon import running_daemon
-from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import blackhole_scenario
 from tests.support.speech import have_speech_tools, silence, speech
 from tests.support.wyoming import transcribe
 
@@ -83,29 +82,9 @@ async def test_keepalive_silence_holds_an_idle_vendor_stream_open() -> None:
     assert emulator.streams[0].pcm_bytes > len(pcm + tail)  # silence was sent during the pause
 
 
-async def _blackhole_scenario(
-    emulator_cls: type[Any], vendor: str, script: list[str], language: str
-) -> tuple[Any, FaultProxy]:
-    pcm = silence(300) + speech("hello there") + silence(700) + speech("how are you today") + silence(1000)
-    options = EmulatorOptions(script=script, recognise_by_audio=True)
-    async with emulator_cls(options).running() as emulator:
-        proxy = FaultProxy("127.0.0.1", emulator.port)
-        async with proxy.running():
-            config = {
-                "vendors": {vendor: {"url": proxy.url_for(emulator.url), "api_key": "test-key"}},
-                "limits": {"final_timeout": 10.0},
-            }
-            async with running_daemon(config) as daemon:
-                task = asyncio.create_task(transcribe(daemon.port, pcm, language=language, realtime=True))
-                await asyncio.sleep(1.5)
-                proxy.blackhole()
-                result = await task
-    return result, proxy
-
-
 @speech_needed
 async def test_a_blackholed_path_is_noticed_within_five_seconds_where_the_vendor_answers_pings() -> None:
-    result, proxy = await _blackhole_scenario(AmiVoiceEmulator, "amivoice", ["こんにちは", "元気ですか"], "ja")
+    result, proxy = await blackhole_scenario(AmiVoiceEmulator, "amivoice", ["こんにちは", "元気ですか"], "ja")
     assert result.text == "こんにちは元気ですか"
     assert proxy.connections == 2
     assert proxy.blackholed_at is not None
@@ -117,7 +96,7 @@ async def test_a_blackholed_path_is_noticed_within_five_seconds_where_the_vendor
 @speech_needed
 async def test_a_blackholed_path_without_pings_is_noticed_once_the_final_is_due() -> None:
     # iApp does not answer pings: the response watchdog after the end of audio finds the dead link.
-    result, proxy = await _blackhole_scenario(IAppEmulator, "iapp", ["สวัสดีครับ", "สบายดีไหม"], "th")
+    result, proxy = await blackhole_scenario(IAppEmulator, "iapp", ["สวัสดีครับ", "สบายดีไหม"], "th")
     assert result.text == "สวัสดีครับ สบายดีไหม"
     assert proxy.connections == 2
     assert result.latency is not None and result.latency <= 10
@@ -148,6 +127,6 @@ async def test_prewarmed_connection_serves_the_next_utterance_and_is_replaced() 
 async def test_a_dead_link_is_never_taken_for_a_vendor_that_ends_streams_without_a_close_frame() -> None:
     # Tiro's proxy ends a finished stream with a bare TCP close; a link we gave up on (pings unanswered) must
     # still be a failure, retried, not an empty "completed" transcript.
-    result, proxy = await _blackhole_scenario(TiroEmulator, "tiro", ["Halló.", "Hvað segirðu?"], "is")
+    result, proxy = await blackhole_scenario(TiroEmulator, "tiro", ["Halló.", "Hvað segirðu?"], "is")
     assert result.text == "Halló. Hvað segirðu?"
     assert proxy.connections == 2

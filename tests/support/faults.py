@@ -6,6 +6,7 @@ Used by ``tests/test_faults.py`` (which asserts the outcomes) and by ``python -m
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,9 @@ from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.emulators.yating import YatingEmulator
 from asr_daemon.text import join_segments
 from tests.support.daemon import running_daemon
+from tests.support.fault_proxy import FaultProxy
 from tests.support.speech import silence, speech
-from tests.support.wyoming import transcribe
+from tests.support.wyoming import WyomingResult, transcribe
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,23 @@ async def run_scenario(vendor: str, fault: str) -> Outcome:
         replayed_seconds=replayed,
         violations=violations,
     )
+
+
+async def blackhole_scenario(
+    emulator_cls: type[Emulator], vendor: str, script: list[str], language: str
+) -> tuple[WyomingResult, FaultProxy]:
+    """A real-time utterance whose path to the vendor goes dark 1.5 s in (the proxy stops forwarding)."""
+    pcm = silence(300) + speech("hello there") + silence(700) + speech("how are you today") + silence(1000)
+    async with emulator_cls(EmulatorOptions(script=script, recognise_by_audio=True)).running() as emulator:
+        proxy = FaultProxy("127.0.0.1", emulator.port)
+        async with proxy.running():
+            config = {
+                "vendors": {vendor: {"url": proxy.url_for(emulator.url), "api_key": "test-key"}},
+                "limits": {"final_timeout": FINAL_TIMEOUT},
+            }
+            async with running_daemon(config) as daemon:
+                task = asyncio.create_task(transcribe(daemon.port, pcm, language=language, realtime=True))
+                await asyncio.sleep(1.5)
+                proxy.blackhole()
+                result = await task
+    return result, proxy
