@@ -25,7 +25,6 @@ from .info import build_info
 from .resilience.prewarm import StreamPool
 from .routing import Router
 from .service.health import HealthServer, VendorStates
-from .service.metrics import Metrics
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
 from .session import Session, SessionError, SessionLimits, Transcript
 from .settings import Settings
@@ -35,6 +34,7 @@ from .vendors import registry
 from .vendors.base import VendorAdapter
 
 if TYPE_CHECKING:
+    from .service.metrics import Metrics
     from .sinks.mqtt import MqttSink
     from .sources.mic import MicSource
 
@@ -52,7 +52,12 @@ class Daemon:
         limits = settings.limits
         self.policy = settings.resilience.policy()
         self.events = EventBus(settings.events.queue_size)
-        self.metrics = Metrics()
+        # Metrics exist only for the /metrics endpoint: without it they would cost a module and a lock per chunk.
+        self.metrics: Metrics | None = None
+        if settings.health.port is not None:
+            from .service.metrics import Metrics
+
+            self.metrics = Metrics()
         self.vendor_states = VendorStates(list(adapters))
         self.pools = {
             name: StreamPool(a, self.policy)
@@ -88,9 +93,10 @@ class Daemon:
         self.mqtt: MqttSink | None = None
         self.mic: MicSource | None = None
         self._stop_requested = asyncio.Event()
-        self.metrics.watch_connections(
-            lambda: self.server.active, lambda: self.server.connections_total, lambda: self.server.rejected_total
-        )
+        if self.metrics is not None:
+            self.metrics.watch_connections(
+                lambda: self.server.active, lambda: self.server.connections_total, lambda: self.server.rejected_total
+            )
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -135,7 +141,7 @@ class Daemon:
             await self._announce()
         if self.settings.mic.enabled:
             await self._start_mic()
-        if self.settings.health.port is not None:
+        if self.settings.health.port is not None and self.metrics is not None:
             self.health = HealthServer(self.settings.health.host, self.settings.health.port, self.check, self.metrics)
             await self.health.start()
         self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
@@ -154,7 +160,8 @@ class Daemon:
         )
 
     def _observe(self, session: Session, result: Transcript | None, error: SessionError | None) -> None:
-        self.metrics.observe(session, result, error)
+        if self.metrics is not None:
+            self.metrics.observe(session, result, error)
         if result is not None:
             self.vendor_states.success(session.adapter.name)
         elif error is not None:
@@ -197,7 +204,8 @@ class Daemon:
             from .sinks.mqtt import MqttSink
 
             mqtt = self.mqtt = MqttSink(self.settings.mqtt, flush_timeout=events.flush_timeout)
-            self.metrics.spool_depth.set_function(lambda: len(mqtt.spool))
+            if self.metrics is not None:
+                self.metrics.spool_depth.set_function(lambda: len(mqtt.spool))
             sinks.append(mqtt)
         if events.jsonl:
             from .sinks.jsonl import JsonLinesSink

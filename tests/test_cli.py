@@ -102,11 +102,14 @@ async def emulator() -> AsyncIterator[AmiVoiceEmulator]:
         yield emu
 
 
-async def test_sigterm_lets_the_in_flight_utterance_finish_then_exits_zero(emulator: AmiVoiceEmulator) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_sigterm_lets_the_in_flight_utterance_finish_then_exits_zero(
+    emulator: AmiVoiceEmulator, event_loop: str
+) -> None:
     port = free_port()
     env = clean_env(ASR_DAEMON_VENDORS__AMIVOICE__URL=emulator.url, ASR_DAEMON_VENDORS__AMIVOICE__API_KEY="test-key",
-                    ASR_DAEMON_LIMITS__DRAIN_TIMEOUT="10")
-    daemon = await start("run", "--uri", f"tcp://127.0.0.1:{port}", env=env)
+                    ASR_DAEMON_LIMITS__DRAIN_TIMEOUT="10", ASR_DAEMON_EVENT_LOOP=event_loop)
+    daemon = await start("run", "--debug", "--uri", f"tcp://127.0.0.1:{port}", env=env)
     try:
         await wait_listening(port, daemon)
         assert (await describe(port)).asr
@@ -124,11 +127,23 @@ async def test_sigterm_lets_the_in_flight_utterance_finish_then_exits_zero(emula
         assert daemon.stderr is not None
         log = (await daemon.stderr.read()).decode()
         assert "stopped" in log
+        assert f"event loop: {event_loop}" in log
         assert "test-key" not in log
     finally:
         if daemon.returncode is None:
             daemon.kill()
             await daemon.wait()
+
+
+def test_asking_for_uvloop_without_it_installed_is_a_clear_error() -> None:
+    without_uvloop = (
+        "import sys; sys.modules['uvloop'] = None; from asr_daemon.__main__ import main; "
+        "sys.exit(main(['run', '--event-loop', 'uvloop']))"
+    )
+    done = subprocess.run([sys.executable, "-c", without_uvloop], capture_output=True, text=True, timeout=30,
+                          env=clean_env())
+    assert done.returncode == 2
+    assert "uvloop is not installed" in done.stderr
 
 
 def test_run_with_a_bad_config_exits_non_zero(tmp_path: Path) -> None:

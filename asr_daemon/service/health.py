@@ -11,9 +11,10 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .metrics import Metrics
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -14,11 +14,14 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from .. import __version__
 from ..redact import redact
@@ -43,6 +46,18 @@ _LOGGER = logging.getLogger(__name__)
 MAX_VENDOR_MESSAGE = 1 << 20
 # A stream's undelivered events; a vendor flooding results costs only its own stream.
 MAX_QUEUED_EVENTS = 1024
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (``https_proxy``, ``no_proxy``, ...) names for a vendor URL, looked up once per host."""
+    uri = parse_uri(url)
+    return _proxy_for_host(uri.secure, uri.host, uri.port)
+
+
+@lru_cache(maxsize=64)
+def _proxy_for_host(secure: bool, host: str, port: int) -> str | None:
+    # The environment does not change while the daemon runs; scanning it costs more than a whole audio message.
+    return get_proxy(parse_uri(f"{'wss' if secure else 'ws'}://{host}:{port}/"))
 
 
 def rejection_error(status: int, body: bytes) -> VendorError:
@@ -87,6 +102,7 @@ class VendorStream:
             pings = request.ping_interval is not None
             self._ws = await connect(
                 request.url,
+                proxy=proxy_for(request.url),
                 additional_headers=dict(request.headers),
                 open_timeout=timeout,
                 ping_interval=min(request.ping_interval or 0, self.policy.ping_interval) if pings else None,
