@@ -17,29 +17,37 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.audio import AudioStart
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
-from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 
 from ..events import AsrEvent, EventBus, EventKind
 from ..redact import redact
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..service.metrics import Metrics
 from ..session import Session, SessionError, SessionLimits, open_session
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
 from .wyoming_server import BoundedStreamReader
 
+if TYPE_CHECKING:
+    from ..service.metrics import Metrics
+
 _LOGGER = logging.getLogger(__name__)
 
 # A client that does not read what we write is given this long per event before we hang up.
 WRITE_TIMEOUT = 10.0
+
+# The event types the handler acts on (wyoming's names), compared as plain strings on the hot path.
+AUDIO_CHUNK = "audio-chunk"
+AUDIO_START = "audio-start"
+AUDIO_STOP = "audio-stop"
+TRANSCRIBE = "transcribe"
+DESCRIBE = "describe"
 
 
 @dataclass
@@ -89,6 +97,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._utterance_started: float | None = None
         self._utterance_ended: float | None = None
         self._published_partial = ""
+        # The last audio-chunk format, reused while chunks repeat it (they all do).
+        self._chunk_format: AudioFormat | None = None
 
     @property
     def who(self) -> str:
@@ -102,11 +112,11 @@ class WyomingAsrHandler(AsyncEventHandler):
     # -- reading -----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        idle = _IdleTimer(self.context.idle_timeout)
         try:
             while not self._closing:
                 try:
-                    async with asyncio.timeout(self.context.idle_timeout):
-                        event = await async_read_event(self.reader)
+                    event = await idle.read_event(self.reader)
                 except TimeoutError:
                     _LOGGER.info("%s: no event for %g s; closing", self.who, self.context.idle_timeout)
                     await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
@@ -125,20 +135,23 @@ class WyomingAsrHandler(AsyncEventHandler):
                     break
                 if not await self.handle_event(event):
                     break
+                idle.restart()
         finally:
+            idle.cancel()
             await self.disconnect()
             self.writer.close()
 
     async def handle_event(self, event: Event) -> bool:
-        if AudioChunk.is_type(event.type):
+        event_type = event.type
+        if event_type == AUDIO_CHUNK:
             return await self._on_chunk(event)
-        if AudioStart.is_type(event.type):
+        if event_type == AUDIO_START:
             return await self._on_audio_start(event)
-        if AudioStop.is_type(event.type):
+        if event_type == AUDIO_STOP:
             return await self._on_audio_stop()
-        if Transcribe.is_type(event.type):
+        if event_type == TRANSCRIBE:
             return await self._on_transcribe(event)
-        if Describe.is_type(event.type):
+        if event_type == DESCRIBE:
             await self._write(self.context.info)
             return True
         return True
@@ -177,9 +190,20 @@ class WyomingAsrHandler(AsyncEventHandler):
         return True
 
     async def _on_chunk(self, event: Event) -> bool:
+        fmt = self._chunk_format
         try:
-            chunk = AudioChunk.from_event(event)
-            fmt = _format_of(chunk.rate, chunk.width, chunk.channels)
+            data = event.data
+            rate, width, channels = data["rate"], data["width"], data["channels"]
+            if (
+                fmt is None
+                or rate != fmt.rate
+                or width != fmt.width
+                or channels != fmt.channels
+                or type(rate) is not int
+                or type(width) is not int
+                or type(channels) is not int
+            ):
+                fmt = self._chunk_format = _format_of(rate, width, channels)
         except (KeyError, TypeError, ValueError, AttributeError):
             if not self._answered:
                 await self._fail_utterance(
@@ -190,12 +214,13 @@ class WyomingAsrHandler(AsyncEventHandler):
             # Chunks without audio-start: the chunk's own format starts the utterance.
             await self._begin_utterance(fmt)
         session = self._session
-        if session is None or self._answered or not chunk.audio:
+        audio = event.payload
+        if session is None or self._answered or not audio:
             return True
         if self.context.metrics is not None:
-            self.context.metrics.audio_in_bytes.inc(len(chunk.audio))
+            self.context.metrics.audio_in_bytes.inc(len(audio))
         try:
-            session.feed(chunk.audio, fmt)
+            session.feed(audio, fmt)
         except SessionError as error:
             await self._fail_utterance(error)
         return True
@@ -446,3 +471,63 @@ def _format_of(rate: object, width: object, channels: object) -> AudioFormat:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError("bad audio format")
     return AudioFormat(int(rate), int(width), int(channels))  # type: ignore[call-overload]
+
+
+class _IdleTimer:
+    """Interrupts a read the peer leaves without an event for ``timeout`` seconds; one loop timer per connection.
+
+    The budget runs from when the handler starts waiting for an event, as a per-event ``asyncio.timeout()``
+    would, without its context manager and timer per audio chunk. ``restart()`` only moves the start; the
+    timer, when it fires early, re-arms itself for what is left. It interrupts nothing but a pending read, by
+    cancelling the handler's task, and ``read_event()`` tells that cancellation from a real one with
+    ``Task.uncancel()`` as ``asyncio.timeout`` does.
+    """
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_reading", "_since", "_task", "_timeout")
+
+    def __init__(self, timeout: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("the idle timer runs in the task that reads")
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._since = self._loop.time()
+        self._reading = False
+        self._fired = False
+        self._cancelling = 0
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._since + timeout, self._expire)
+
+    def restart(self) -> None:
+        """An event was handled: the next one has the whole budget again."""
+        self._since = self._loop.time()
+
+    async def read_event(self, reader: asyncio.StreamReader) -> Event | None:
+        """The next event (``None`` at the end of the stream); ``TimeoutError`` once the peer was idle too long."""
+        self._reading = True
+        # Cancellations already requested are not ours (as ``asyncio.timeout`` counts them, on entry).
+        self._cancelling = self._task.cancelling()
+        try:
+            return await async_read_event(reader)
+        except asyncio.CancelledError:
+            if self._fired and self._task.uncancel() <= self._cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reading = False
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expire(self) -> None:
+        now = self._loop.time()
+        # While an event is being handled, the budget starts again when reading resumes.
+        deadline = self._since + self._timeout if self._reading else now + self._timeout
+        if now < deadline:
+            self._handle = self._loop.call_at(deadline, self._expire)
+            return
+        self._handle = None
+        self._fired = True
+        self._task.cancel()

@@ -49,7 +49,7 @@ MAX_QUEUED_EVENTS = 1024
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment (``https_proxy``, ``no_proxy``, ...) names for a vendor URL, looked up once per host."""
+    """The proxy the environment (``https_proxy``, ``no_proxy``, ...) names for a vendor URL; once per host."""
     uri = parse_uri(url)
     return _proxy_for_host(uri.secure, uri.host, uri.port)
 

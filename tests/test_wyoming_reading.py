@@ -1,0 +1,214 @@
+"""The handler's reading loop over a socket: events read with the ``wyoming`` package's reader, one idle timer per
+connection that interrupts only a pending read, and the event type names the dispatch compares against."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event, async_read_event, write_event
+from wyoming.info import Describe
+
+from asr_daemon.info import build_info
+from asr_daemon.routing import Router
+from asr_daemon.session import SessionLimits
+from asr_daemon.sources import wyoming_handler
+from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler, _IdleTimer
+from asr_daemon.sources.wyoming_server import WyomingServer
+
+
+def wire(*events: Event) -> bytes:
+    """Events framed by wyoming's own writer."""
+    out = io.BytesIO()
+    for event in events:
+        write_event(event, out)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+class SlowHandler(WyomingAsrHandler):
+    """Takes ``seconds`` over a ``slow`` event, to show the idle timer leaves event handling alone."""
+
+    async def handle_event(self, event: Event) -> bool:
+        if event.type == "slow":
+            await asyncio.sleep(event.data["seconds"])
+            await self._write(Event("done"))
+            return True
+        return await super().handle_event(event)
+
+
+@asynccontextmanager
+async def serving(idle_timeout: float = 5.0, max_event_bytes: int = 4096) -> AsyncIterator[WyomingServer]:
+    router = Router({})
+    context = HandlerContext(build_info(router).event(), router, SessionLimits(), idle_timeout=idle_timeout)
+    server = WyomingServer(
+        "tcp://127.0.0.1:0", partial(SlowHandler, context), max_sessions=4, max_event_bytes=max_event_bytes
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop_accepting()
+        await server.drain(1)
+
+
+async def exchange(port: int | None, data: bytes, timeout: float = 5.0) -> list[Event]:
+    """Send ``data`` and read until the server closes."""
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    events = []
+    try:
+        async with asyncio.timeout(timeout):
+            while (event := await async_read_event(reader)) is not None:
+                events.append(event)
+    finally:
+        writer.close()
+    return events
+
+
+async def test_many_events_in_one_write_are_all_handled() -> None:
+    async with serving() as server:
+        events = await exchange(server.port, wire(*[Describe().event()] * 20, AudioStop().event()))
+    assert [e.type for e in events] == ["info"] * 20 + ["error"]
+
+
+async def test_idle_connection_gets_an_idle_error_then_a_close() -> None:
+    async with serving(idle_timeout=0.3) as server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events = await exchange(server.port, b"")
+        assert 0.25 < loop.time() - started < 2
+    assert [(e.type, e.data.get("code")) for e in events] == [("error", "idle")]
+
+
+async def test_an_event_trickled_slower_than_the_idle_timeout_is_cut_off() -> None:
+    """The budget is per event, as before: bytes that never complete an event do not keep a connection."""
+    async with serving(idle_timeout=0.4) as server:
+        assert server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        answer = asyncio.create_task(async_read_event(reader))
+        line = wire(Describe().event())
+        async with asyncio.timeout(3):
+            for byte in line[:-1]:
+                if answer.done():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+            event = await answer
+        writer.close()
+    assert event is not None and event.data.get("code") == "idle"
+
+
+async def test_idle_timer_does_not_interrupt_event_handling_and_restarts_after_it() -> None:
+    async with serving(idle_timeout=0.3) as server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events = await exchange(server.port, wire(Event("slow", {"seconds": 0.8})))
+        elapsed = loop.time() - started
+    assert [(e.type, e.data.get("code")) for e in events] == [("done", None), ("error", "idle")]
+    assert 1.05 < elapsed < 3  # the handling (0.8 s), then a whole idle budget (0.3 s)
+
+
+async def test_events_keep_a_connection_alive_past_the_idle_timeout() -> None:
+    async with serving(idle_timeout=0.5) as server:
+        assert server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(8):
+            writer.write(wire(Describe().event()))
+            await asyncio.sleep(0.1)
+        writer.write(wire(AudioStop().event()))
+        async with asyncio.timeout(3):
+            seen = [e.type for e in [await async_read_event(reader) for _ in range(9)] if e is not None]
+        writer.close()
+    assert seen == ["info"] * 8 + ["error"]
+
+
+async def test_a_real_cancellation_is_not_taken_for_idleness() -> None:
+    async with serving(idle_timeout=5) as server:
+        assert server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with asyncio.timeout(3):
+            while not server.handlers:
+                await asyncio.sleep(0.01)
+        [task] = server.handlers
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await reader.read() == b""  # closed without an idle error
+        writer.close()
+
+
+@pytest.mark.parametrize("real_first", [False, True])
+async def test_idle_timer_and_a_real_cancellation_at_once(real_first: bool) -> None:
+    """Both in the same loop iteration, in either order: the real cancellation wins."""
+    reader = asyncio.StreamReader()
+    timers: list[_IdleTimer] = []
+
+    async def read() -> Event | None:
+        timer = _IdleTimer(3600)
+        timers.append(timer)
+        try:
+            return await timer.read_event(reader)
+        finally:
+            timer.cancel()
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    [timer] = timers
+    timer.cancel()
+    timer._since -= 3600  # the budget is spent: the timer fires when called
+    if real_first:
+        task.cancel()
+        timer._expire()
+    else:
+        timer._expire()
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_idle_timer_alone_ends_the_read() -> None:
+    reader = asyncio.StreamReader()
+
+    async def read() -> Event | None:
+        timer = _IdleTimer(0.1)
+        try:
+            return await timer.read_event(reader)
+        finally:
+            timer.cancel()
+
+    task = asyncio.create_task(read())
+    with pytest.raises(TimeoutError):
+        await task
+    assert task.cancelling() == 0
+
+
+async def test_idle_timer_leaves_a_read_that_delivers_alone() -> None:
+    reader = asyncio.StreamReader()
+
+    async def read() -> Event | None:
+        timer = _IdleTimer(0.2)
+        try:
+            return await timer.read_event(reader)
+        finally:
+            timer.cancel()
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    reader.feed_data(wire(Describe().event()))
+    event = await task
+    assert event is not None and event.type == "describe"
+
+
+def test_event_type_names_are_wyomings() -> None:
+    assert AudioChunk.is_type(wyoming_handler.AUDIO_CHUNK)
+    assert AudioStart.is_type(wyoming_handler.AUDIO_START)
+    assert AudioStop.is_type(wyoming_handler.AUDIO_STOP)
+    assert Transcribe.is_type(wyoming_handler.TRANSCRIBE)
+    assert Describe.is_type(wyoming_handler.DESCRIBE)
