@@ -203,7 +203,8 @@ class Session:
             self._audio_arrived.set()
         try:
             # The transcript goes back at once; the vendor connection's close handshake happens in aclose().
-            return await asyncio.wait_for(asyncio.shield(self._done), self.limits.final_timeout)
+            async with asyncio.timeout(self.limits.final_timeout):
+                return await asyncio.shield(self._done)
         except TimeoutError:
             self.fail(
                 SessionError(
@@ -229,10 +230,12 @@ class Session:
     async def _shutdown(self) -> None:
         if not self._done.done():
             self.fail(SessionError("cancelled", "the utterance was abandoned"))
-        if not self._task.done():
+        # Cancelled again until it ends: a library that swallowed one cancellation must not keep the session alive.
+        while not self._task.done():
             self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+            await asyncio.wait((self._task,), timeout=1.0)
+        if not self._task.cancelled():
+            self._task.exception()
         if self._stream is not None:
             await self._stream.aclose()
         # Retrieve the exception so asyncio does not warn about it.
@@ -249,18 +252,19 @@ class Session:
     def _accept(self, pcm: bytes) -> None:
         if not pcm:
             return
-        if self._buffer.end + len(pcm) > self._max_bytes:
+        before = self._buffer.end
+        after = before + len(pcm)
+        if after > self._max_bytes:
             error = SessionError(
                 "too-long", f"utterance longer than {self.limits.max_audio_seconds:g} s; audio after that was not used"
             )
             self.fail(error)
             raise error
-        before = self._buffer.end
         self._buffer.append(pcm)
         if self.all_audio is not None:
             self.all_audio += pcm
         # Wake the sender once a whole vendor message is there, not for every small client chunk.
-        if self._buffer.end // self._chunk_bytes != before // self._chunk_bytes:
+        if after // self._chunk_bytes != before // self._chunk_bytes:
             self._audio_arrived.set()
 
     async def _run(self) -> None:
@@ -359,7 +363,8 @@ class Session:
     async def _send(self, stream: VendorStream, timeline: ConnectionTimeline, replaying: bool) -> None:
         if not stream.ready:
             try:
-                await asyncio.wait_for(stream.wait_ready(), self.policy.response_timeout)
+                async with asyncio.timeout(self.policy.response_timeout):
+                    await stream.wait_ready()
             except TimeoutError:
                 raise _ConnectionLost(
                     VendorError(f"the vendor did not accept the stream within {self.policy.response_timeout:g} s")
@@ -425,7 +430,8 @@ class Session:
                 return getter.result()
             getter.cancel()
         try:
-            return await asyncio.wait_for(stream.events.get(), self.policy.response_timeout)
+            async with asyncio.timeout(self.policy.response_timeout):
+                return await stream.events.get()
         except TimeoutError:
             raise _ConnectionLost(
                 VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")

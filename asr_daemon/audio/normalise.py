@@ -110,6 +110,8 @@ class AudioNormaliser:
         self._source: AudioFormat | None = None
         self._wav_format: AudioFormat | None = None
         self._resampler: Any = None
+        # The source is already the target layout: whole samples go through untouched.
+        self._passthrough = False
 
     @property
     def wav_format(self) -> AudioFormat | None:
@@ -123,12 +125,17 @@ class AudioNormaliser:
             if self._at_start:
                 return b""
         fmt = self._wav_format or declared
+        # What Home Assistant sends: the same 16 kHz mono 16-bit format object for every chunk of whole samples.
+        if fmt is self._source and self._passthrough and not self._carry and not len(data) & 1:
+            return data
         out = b""
         if fmt != self._source:
             out = self._finish_source()
             check_format(fmt)
-            self._source = fmt
             self._resampler = None
+            self._passthrough = fmt.width == 2 and fmt.channels == 1 and fmt.rate == self.target.rate
+        # An equal format in another object (audio-start's, then the chunks') is adopted for the check above.
+        self._source = fmt
         if self._carry:
             data = self._carry + data
         usable = len(data) - len(data) % fmt.frame_bytes

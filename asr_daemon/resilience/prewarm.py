@@ -77,7 +77,8 @@ class StreamPool:
             stream = self.adapter.open_stream(self._template, self.policy)
             try:
                 await stream.connect()
-                await asyncio.wait_for(stream.wait_ready(), self.policy.response_timeout)
+                async with asyncio.timeout(self.policy.response_timeout):
+                    await stream.wait_ready()
             except (VendorFailure, TimeoutError) as exc:
                 await stream.aclose()
                 delay = backoff.next_delay()

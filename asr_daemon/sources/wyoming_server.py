@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from wyoming.error import Error
@@ -35,11 +36,12 @@ class BoundedStreamReader(asyncio.StreamReader):
         # Why reading stopped, when it was the peer's fault (read by the handler for its error event).
         self.violation: str | None = None
 
-    async def readexactly(self, n: int) -> bytes:
+    def readexactly(self, n: int) -> Coroutine[Any, Any, bytes]:
+        # Not a coroutine itself: the size is refused at the call, and the read costs no extra frame per event.
         if n < 0 or n > self.max_block:
             self.violation = f"event claims {n} bytes; the limit is {self.max_block}"
             raise ValueError(self.violation)
-        return await super().readexactly(n)
+        return super().readexactly(n)
 
     async def readline(self) -> bytes:
         try:

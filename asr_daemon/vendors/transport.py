@@ -97,7 +97,9 @@ class VendorStream:
         started = time.monotonic()
         timeout = self.adapter.settings.connect_timeout
         try:
-            request = await asyncio.wait_for(self.adapter.prepare(self.options), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that meets a finished call.
+            async with asyncio.timeout(timeout):
+                request = await self.adapter.prepare(self.options)
             # Where the vendor answers pings, they detect a dead link within the policy's bound.
             pings = request.ping_interval is not None
             self._ws = await connect(
