@@ -144,21 +144,21 @@ async def test_a_real_cancellation_is_not_taken_for_idleness() -> None:
         writer.close()
 
 
+async def read_with_timer(reader: asyncio.StreamReader, timeout: float, timers: list[_IdleTimer]) -> Event | None:
+    """One read as the handler does it, in its own task (the timer belongs to the task that reads)."""
+    timer = _IdleTimer(timeout)
+    timers.append(timer)
+    try:
+        return await timer.read_event(reader)
+    finally:
+        timer.cancel()
+
+
 @pytest.mark.parametrize("real_first", [False, True])
 async def test_idle_timer_and_a_real_cancellation_at_once(real_first: bool) -> None:
     """Both in the same loop iteration, in either order: the real cancellation wins."""
-    reader = asyncio.StreamReader()
     timers: list[_IdleTimer] = []
-
-    async def read() -> Event | None:
-        timer = _IdleTimer(3600)
-        timers.append(timer)
-        try:
-            return await timer.read_event(reader)
-        finally:
-            timer.cancel()
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(read_with_timer(asyncio.StreamReader(), 3600, timers))
     await asyncio.sleep(0)
     [timer] = timers
     timer.cancel()
@@ -174,16 +174,7 @@ async def test_idle_timer_and_a_real_cancellation_at_once(real_first: bool) -> N
 
 
 async def test_idle_timer_alone_ends_the_read() -> None:
-    reader = asyncio.StreamReader()
-
-    async def read() -> Event | None:
-        timer = _IdleTimer(0.1)
-        try:
-            return await timer.read_event(reader)
-        finally:
-            timer.cancel()
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(read_with_timer(asyncio.StreamReader(), 0.1, []))
     with pytest.raises(TimeoutError):
         await task
     assert task.cancelling() == 0
@@ -191,15 +182,7 @@ async def test_idle_timer_alone_ends_the_read() -> None:
 
 async def test_idle_timer_leaves_a_read_that_delivers_alone() -> None:
     reader = asyncio.StreamReader()
-
-    async def read() -> Event | None:
-        timer = _IdleTimer(0.2)
-        try:
-            return await timer.read_event(reader)
-        finally:
-            timer.cancel()
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(read_with_timer(reader, 0.2, []))
     await asyncio.sleep(0.05)
     reader.feed_data(wire(Describe().event()))
     event = await task
