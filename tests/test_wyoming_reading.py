@@ -195,3 +195,21 @@ def test_event_type_names_are_wyomings() -> None:
     assert AudioStop.is_type(wyoming_handler.AUDIO_STOP)
     assert Transcribe.is_type(wyoming_handler.TRANSCRIBE)
     assert Describe.is_type(wyoming_handler.DESCRIBE)
+
+
+async def test_shutdown_closes_a_connection_between_utterances_at_once() -> None:
+    """drain() asks idle connections to stop: they close now, not when the drain timeout runs out."""
+    async with serving(idle_timeout=30) as server:
+        assert server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(wire(Describe().event()))
+        info = await asyncio.wait_for(async_read_event(reader), 3)
+        assert info is not None and info.type == "info"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.stop_accepting()  # as the daemon does on SIGTERM
+        await server.drain(10)
+        assert loop.time() - started < 1
+        assert server.active == 0
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed, without an error event
+        writer.close()
