@@ -257,7 +257,8 @@ class Daemon:
         await self._stack.enter_async_context(advertiser)
         # READY=1 means "announced": give the first announcement a moment (it waits for the name check).
         try:
-            await asyncio.wait_for(advertiser.wait_announced(), 5.0)
+            async with asyncio.timeout(5.0):
+                await advertiser.wait_announced()
         except TimeoutError:
             _LOGGER.warning("zeroconf: not announced yet after 5 s (state: %s); carrying on", advertiser.state)
 

@@ -212,7 +212,8 @@ class EventBus:
         finally:
             self.unsubscribe(subscription)
             try:
-                await asyncio.wait_for(subscription.drained(), flush_timeout)
+                async with asyncio.timeout(flush_timeout):
+                    await subscription.drained()
             except TimeoutError:
                 _LOGGER.warning(
                     "event sink %s: %d event(s) not handled within %g s at shutdown",

@@ -33,6 +33,7 @@ from asr_daemon.vendors.local.codec import Boundary, LocalCodec, SpeechSegmenter
 from asr_daemon.vendors.local.engine import IDLE_RESTART_MS, LocalStream, Recogniser
 from asr_daemon.vendors.local.grammar import build_grammar, missing_reason, phrase_words
 from tests.support.speech import have_speech_tools, silence, utterance
+from tests.support.streams import events_until_done
 
 needs_pocketsphinx = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 needs_speech = pytest.mark.skipif(not have_speech_tools(), reason="needs espeak-ng and sox")
@@ -417,13 +418,7 @@ async def send(stream: LocalStream, pcm: bytes, chunk: int = 3200) -> None:
 
 async def drain(stream: LocalStream, timeout: float = 20.0) -> list[VendorEvent]:
     """Every event up to and including the stream's end."""
-    events: list[VendorEvent] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            event = await stream.events.get()
-            events.append(event)
-            if isinstance(event, StreamCompleted | VendorError):
-                return events
+    return await events_until_done(stream, timeout)
 
 
 @pytest.fixture

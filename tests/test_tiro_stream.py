@@ -26,6 +26,7 @@ from asr_daemon.vendors.base import (
 from asr_daemon.vendors.tiro.adapter import TiroAdapter, TiroSettings, token_in, with_token
 from asr_daemon.vendors.transport import VendorStream
 from tests.support.speech import have_speech_tools, silence, utterance
+from tests.support.streams import events_until_done
 
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="needs espeak-ng and sox")
 
@@ -35,16 +36,6 @@ OPTIONS = StreamOptions(language="is")
 
 def adapter(url: str, key: str | None = "test-key", **settings: Any) -> TiroAdapter:
     return TiroAdapter(TiroSettings(url=url, api_key=None if key is None else SecretStr(key), **settings))
-
-
-async def events_until_done(stream: VendorStream, wait: float = 5.0) -> list[VendorEvent]:
-    events: list[VendorEvent] = []
-    async with asyncio.timeout(wait):
-        while True:
-            event = await stream.events.get()
-            events.append(event)
-            if isinstance(event, StreamCompleted | VendorError):
-                return events
 
 
 async def stream_audio(stream: VendorStream, pcm: bytes, pace: float = 0.0) -> None:

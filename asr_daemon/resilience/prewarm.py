@@ -108,7 +108,8 @@ class StreamPool:
             if wait <= 0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._taken.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._taken.wait()
             if self._taken.is_set():
                 return
             if stream.closed or not _idle_and_healthy(stream):

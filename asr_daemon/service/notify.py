@@ -82,7 +82,8 @@ async def run_watchdog(
     """Ping every ``interval`` while ``alive()`` holds; report ``status()`` with each ping."""
     while True:
         try:
-            healthy = await asyncio.wait_for(alive(), timeout=max(interval * 0.8, 0.1))
+            async with asyncio.timeout(max(interval * 0.8, 0.1)):
+                healthy = await alive()
         except (TimeoutError, OSError):
             healthy = False
         if healthy:

@@ -200,7 +200,8 @@ class MqttSink:
         self._wake.set()
         try:
             # The publisher stops at the flush deadline, then offline still needs a moment.
-            await asyncio.wait_for(asyncio.shield(task), self.flush_timeout + PUBLISH_TIMEOUT)
+            async with asyncio.timeout(self.flush_timeout + PUBLISH_TIMEOUT):
+                await asyncio.shield(task)
         except TimeoutError:
             _LOGGER.warning("mqtt: could not flush and say offline in time; %d final(s) stay spooled", len(self.spool))
             task.cancel()
@@ -278,7 +279,8 @@ class MqttSink:
                 self.connected.clear()
                 self._live.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay * random.uniform(0.8, 1.2))
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await self._closed.wait()
             delay = min(delay * 2, settings.reconnect_max_delay)
 
     async def _serve(self, client: aiomqtt.Client) -> bool:

@@ -93,12 +93,14 @@ class _Forwarder:
                 await self._wake.wait()
             client = AsyncClient.from_uri(self.uri)
             try:
-                await asyncio.wait_for(client.connect(), CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await client.connect()
                 _LOGGER.info("event forwarding: connected to %s", self.uri)
                 delay = self.min_delay
                 while True:
                     while self.pending:
-                        await asyncio.wait_for(client.write_event(self.pending[0]), WRITE_TIMEOUT)
+                        async with asyncio.timeout(WRITE_TIMEOUT):
+                            await client.write_event(self.pending[0])
                         self.pending.popleft()
                         self.sent += 1
                         if not self.pending:
@@ -135,7 +137,8 @@ class WyomingForwardSink:
         forwarders, self._forwarders = self._forwarders, []
         # What is queued gets a moment to go out (the bus already bounded the whole shutdown).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(f.drained() for f in forwarders)), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*(f.drained() for f in forwarders))
         for forwarder in forwarders:
             await forwarder.aclose()
 

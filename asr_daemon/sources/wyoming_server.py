@@ -122,7 +122,8 @@ class WyomingServer:
                     await task
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
         if urlparse(self.uri).scheme == "unix":
             Path(urlparse(self.uri).path).unlink(missing_ok=True)  # noqa: ASYNC240 - once, at shutdown
 
@@ -137,7 +138,8 @@ class WyomingServer:
             )
             with contextlib.suppress(Exception):
                 busy = Error(text=f"server busy: {self.max_sessions} sessions are running", code="busy")
-                await asyncio.wait_for(async_write_event(busy.event(), writer), 2)
+                async with asyncio.timeout(2):
+                    await async_write_event(busy.event(), writer)
             writer.close()
             return
         task = asyncio.current_task()

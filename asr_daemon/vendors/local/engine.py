@@ -332,7 +332,8 @@ class LocalStream(VendorStream):
         self._thread.start()
         timeout = self.adapter.settings.connect_timeout
         try:
-            await asyncio.wait_for(asyncio.shield(self._started), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._started)
         except TimeoutError:
             await self.aclose()
             busy = self.engine.leased >= self.engine.config.max_streams
@@ -351,32 +352,26 @@ class LocalStream(VendorStream):
 
     async def send_audio(self, pcm: bytes) -> None:
         """Queue audio for the worker; waits (without blocking the loop) while its queue is full."""
-        if not pcm:
-            return
-        while not self.closed and not self._stop.is_set():
-            self._space.clear()
-            self._space_wanted = True
-            try:
-                self._inbox.put_nowait(pcm)
-            except queue.Full:
-                await self._space.wait()
-                continue
-            self._space_wanted = False
-            return
+        if pcm:
+            await self._put(pcm)
 
     async def end(self) -> None:
         self.codec.end()
+        await self._put(_END)
+        self.end_sent.set()
+
+    async def _put(self, item: bytes | _Marker) -> None:
+        """Hand an item to the worker once its queue has room (dropped if the stream stopped meanwhile)."""
         while not self.closed and not self._stop.is_set():
             self._space.clear()
             self._space_wanted = True
             try:
-                self._inbox.put_nowait(_END)
+                self._inbox.put_nowait(item)
             except queue.Full:
                 await self._space.wait()
                 continue
             self._space_wanted = False
-            break
-        self.end_sent.set()
+            return
 
     async def aclose(self) -> None:
         """Stop the worker (mid-sentence too) and wait until its thread has ended."""

@@ -1,0 +1,23 @@
+"""Reading a vendor stream's events in tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from asr_daemon.vendors.base import StreamCompleted, VendorError, VendorEvent
+
+
+class EventSource(Protocol):
+    events: asyncio.Queue[VendorEvent]
+
+
+async def events_until_done(stream: EventSource, wait: float = 5.0) -> list[VendorEvent]:
+    """Every event up to and including the stream's end (completion or an error)."""
+    events: list[VendorEvent] = []
+    async with asyncio.timeout(wait):
+        while True:
+            event = await stream.events.get()
+            events.append(event)
+            if isinstance(event, StreamCompleted | VendorError):
+                return events
