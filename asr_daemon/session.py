@@ -129,6 +129,8 @@ class Session:
         self._buffer = ReplayBuffer(self._target.bytes_per_second, align=self._target.bytes_for_ms(10))
         self._max_bytes = int(limits.max_audio_seconds * self._target.bytes_per_second)
         self._audio_arrived = asyncio.Event()
+        # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _next_event).
+        self._answer_deadline: asyncio.Timeout | None = None
         self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
         self._pending: list[FinalResult] = []  # finals of the current connection without times
         self._partial = ""
@@ -387,6 +389,10 @@ class Session:
                 continue
             if self._finishing:
                 await stream.end()
+                # The vendor owes the final answer now: the receiver's wait gets its deadline.
+                deadline = self._answer_deadline
+                if deadline is not None and deadline.when() is None:
+                    deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
                 return
             self._audio_arrived.clear()
             try:
@@ -421,21 +427,20 @@ class Session:
 
     async def _next_event(self, stream: VendorStream) -> VendorEvent:
         """The vendor's next event; once it owes us the final answer, its silence means a dead link."""
-        while not stream.end_sent.is_set():
-            getter = asyncio.ensure_future(stream.events.get())
-            ender = asyncio.ensure_future(stream.end_sent.wait())
-            done, _ = await asyncio.wait((getter, ender), return_when=asyncio.FIRST_COMPLETED)
-            ender.cancel()
-            if getter in done:
-                return getter.result()
-            getter.cancel()
         try:
-            async with asyncio.timeout(self.policy.response_timeout):
+            async with asyncio.timeout(None) as deadline:
+                if stream.end_sent.is_set():
+                    deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                else:
+                    # Until then a silent vendor is fine; the sender sets the deadline when the end goes out.
+                    self._answer_deadline = deadline
                 return await stream.events.get()
         except TimeoutError:
             raise _ConnectionLost(
                 VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")
             ) from None
+        finally:
+            self._answer_deadline = None
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:

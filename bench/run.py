@@ -53,7 +53,8 @@ class Plan:
     min_iterations: int = 2
     # 1 = real time; the tiny smoke run goes faster.
     pace: float = 1.0
-    # Bytes per Wyoming audio-chunk (1024 = 32 ms, what an ESPHome voice satellite sends through HA).
+    # Bytes per Wyoming audio-chunk: 1024 = 32 ms. Home Assistant's voice pipeline sends 320 (10 ms, as seen on
+    # the wire): three times the wake-ups per audio second (--piece-bytes 320; figures in RESULTS.md's notes).
     piece_bytes: int = 1024
     startups: int = 5
     describes: int = 50
@@ -393,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, help="streams per path and level (level 1: --samples-single)")
     parser.add_argument("--samples-single", type=int, help="streams per path at level 1")
     parser.add_argument("--pace", type=float, help="1 = real time (default)")
+    parser.add_argument(
+        "--piece-bytes", type=int, help="bytes per audio-chunk (default 1024; Home Assistant's pipeline sends 320)"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during each level (profile.md)")
     parser.add_argument("--keep", type=Path, help="keep the daemon's configs and logs in this directory")
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where RESULTS.md, results.json, *.png go")
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         changes["levels"] = tuple(int(level) for level in args.levels.split(","))
     if args.vendors:
         changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
-    for name in ("samples", "samples_single", "pace"):
+    for name in ("samples", "samples_single", "pace", "piece_bytes"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.profile:

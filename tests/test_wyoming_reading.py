@@ -1,5 +1,5 @@
-"""The handler's reading loop over a socket: events read with the ``wyoming`` package's reader, one idle timer per
-connection that interrupts only a pending read, and the event type names the dispatch compares against."""
+"""The handler's reading loop over a socket: events framed as they arrive, the idle limit that cuts off a silent
+peer but never an event being handled, and the event type names the dispatch compares against."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from asr_daemon.info import build_info
 from asr_daemon.routing import Router
 from asr_daemon.session import SessionLimits
 from asr_daemon.sources import wyoming_handler
-from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler, _IdleTimer
+from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from asr_daemon.sources.wyoming_server import WyomingServer
 
 
@@ -142,51 +142,6 @@ async def test_a_real_cancellation_is_not_taken_for_idleness() -> None:
             await task
         assert await reader.read() == b""  # closed without an idle error
         writer.close()
-
-
-async def read_with_timer(reader: asyncio.StreamReader, timeout: float, timers: list[_IdleTimer]) -> Event | None:
-    """One read as the handler does it, in its own task (the timer belongs to the task that reads)."""
-    timer = _IdleTimer(timeout)
-    timers.append(timer)
-    try:
-        return await timer.read_event(reader)
-    finally:
-        timer.cancel()
-
-
-@pytest.mark.parametrize("real_first", [False, True])
-async def test_idle_timer_and_a_real_cancellation_at_once(real_first: bool) -> None:
-    """Both in the same loop iteration, in either order: the real cancellation wins."""
-    timers: list[_IdleTimer] = []
-    task = asyncio.create_task(read_with_timer(asyncio.StreamReader(), 3600, timers))
-    await asyncio.sleep(0)
-    [timer] = timers
-    timer.cancel()
-    timer._since -= 3600  # the budget is spent: the timer fires when called
-    if real_first:
-        task.cancel()
-        timer._expire()
-    else:
-        timer._expire()
-        task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-async def test_idle_timer_alone_ends_the_read() -> None:
-    task = asyncio.create_task(read_with_timer(asyncio.StreamReader(), 0.1, []))
-    with pytest.raises(TimeoutError):
-        await task
-    assert task.cancelling() == 0
-
-
-async def test_idle_timer_leaves_a_read_that_delivers_alone() -> None:
-    reader = asyncio.StreamReader()
-    task = asyncio.create_task(read_with_timer(reader, 0.2, []))
-    await asyncio.sleep(0.05)
-    reader.feed_data(wire(Describe().event()))
-    event = await task
-    assert event is not None and event.type == "describe"
 
 
 def test_event_type_names_are_wyomings() -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioStart
 from wyoming.error import Error
-from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.event import Event, async_write_event
 from wyoming.server import AsyncEventHandler
 
 from ..events import AsrEvent, EventBus, EventKind
@@ -32,7 +32,7 @@ from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, open_session
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
-from .wyoming_server import BoundedStreamReader
+from .wyoming_reader import EventStreamReader
 
 if TYPE_CHECKING:
     from ..service.metrics import Metrics
@@ -74,8 +74,9 @@ class HandlerContext:
 class WyomingAsrHandler(AsyncEventHandler):
     """Handles one client connection (built with ``functools.partial(WyomingAsrHandler, context)``)."""
 
-    def __init__(self, context: HandlerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, context: HandlerContext, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)
+        self.events = reader
         self.context = context
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "local"
@@ -99,6 +100,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._published_partial = ""
         # The last audio-chunk format, reused while chunks repeat it (they all do).
         self._chunk_format: AudioFormat | None = None
+        # The session refused a chunk taken on the spot: the handler's task answers it.
+        self._refused_chunk: SessionError | None = None
 
     @property
     def who(self) -> str:
@@ -112,11 +115,13 @@ class WyomingAsrHandler(AsyncEventHandler):
     # -- reading -----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        idle = _IdleTimer(self.context.idle_timeout)
+        events = self.events
+        events.idle_timeout = self.context.idle_timeout
+        events.take_now = self._take_chunk
         try:
             while not self._closing:
                 try:
-                    event = await idle.read_event(self.reader)
+                    event = await events.read_event()
                 except TimeoutError:
                     _LOGGER.info("%s: no event for %g s; closing", self.who, self.context.idle_timeout)
                     await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
@@ -126,20 +131,26 @@ class WyomingAsrHandler(AsyncEventHandler):
                     await self._answer_error("bad-event", "malformed event: expected a JSON object with a 'type'")
                     break
                 if event is None:
-                    violation = getattr(self.reader, "violation", None)
-                    if isinstance(self.reader, BoundedStreamReader) and violation:
-                        _LOGGER.warning("%s: %s; closing", self.who, violation)
-                        await self._answer_error("too-large", violation)
-                    elif self._in_utterance:
+                    if events.violation:
+                        _LOGGER.warning("%s: %s; closing", self.who, events.violation)
+                        await self._answer_error("too-large", events.violation)
+                    elif events.malformed and not self._closing:
+                        _LOGGER.warning("%s: malformed event (not JSON); closing", self.who)
+                        await self._answer_error("bad-event", "malformed event: the header or data is not JSON")
+                    elif self._in_utterance and not self._closing:
                         _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.who)
                     break
                 if not await self.handle_event(event):
                     break
-                idle.restart()
         finally:
-            idle.cancel()
+            events.close()
             await self.disconnect()
             self.writer.close()
+
+    async def stop(self) -> None:
+        """Stop reading (the daemon is shutting down); an event being handled is finished first."""
+        self._closing = True
+        self.events.close()
 
     async def handle_event(self, event: Event) -> bool:
         event_type = event.type
@@ -189,21 +200,56 @@ class WyomingAsrHandler(AsyncEventHandler):
         await self._begin_utterance(fmt)
         return True
 
-    async def _on_chunk(self, event: Event) -> bool:
+    def _format_of_chunk(self, data: dict[str, Any]) -> AudioFormat:
+        """An audio-chunk's format; the previous chunk's object while it repeats (raises for a bad one)."""
         fmt = self._chunk_format
+        rate, width, channels = data["rate"], data["width"], data["channels"]
+        if (
+            fmt is None
+            or rate != fmt.rate
+            or width != fmt.width
+            or channels != fmt.channels
+            or type(rate) is not int
+            or type(width) is not int
+            or type(channels) is not int
+        ):
+            fmt = self._chunk_format = _format_of(rate, width, channels)
+        return fmt
+
+    def _take_chunk(self, event: Event) -> bool:
+        """Feed a streaming utterance's audio chunk to its session as it arrives, without a task switch.
+
+        Called by the reader while this handler waits for its next event; anything else (another event type,
+        no session, a bad format, audio the session refuses) is left to ``handle_event`` in order.
+        """
+        if event.type != AUDIO_CHUNK or self._answered or self._refused_chunk is not None:
+            return False
+        session = self._session
+        if session is None:
+            return False
         try:
-            data = event.data
-            rate, width, channels = data["rate"], data["width"], data["channels"]
-            if (
-                fmt is None
-                or rate != fmt.rate
-                or width != fmt.width
-                or channels != fmt.channels
-                or type(rate) is not int
-                or type(width) is not int
-                or type(channels) is not int
-            ):
-                fmt = self._chunk_format = _format_of(rate, width, channels)
+            fmt = self._format_of_chunk(event.data)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        audio = event.payload
+        if audio:
+            if self.context.metrics is not None:
+                self.context.metrics.audio_in_bytes.inc(len(audio))
+            try:
+                session.feed(audio, fmt)
+            except SessionError as error:
+                self._refused_chunk = error
+                return False
+        return True
+
+    async def _on_chunk(self, event: Event) -> bool:
+        refused, self._refused_chunk = self._refused_chunk, None
+        if refused is not None:
+            # Taken on the spot and refused by the session: only the answer is left to give.
+            await self._fail_utterance(refused)
+            return True
+        try:
+            fmt = self._format_of_chunk(event.data)
         except (KeyError, TypeError, ValueError, AttributeError):
             if not self._answered:
                 await self._fail_utterance(
@@ -463,7 +509,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             _LOGGER.info("%s: cannot write to the client (%s); closing", self.who, type(exc).__name__)
             self._closing = True
             self.writer.close()
-            self.reader.feed_eof()
+            self.events.close()
 
 
 def _format_of(rate: object, width: object, channels: object) -> AudioFormat:
@@ -471,63 +517,3 @@ def _format_of(rate: object, width: object, channels: object) -> AudioFormat:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError("bad audio format")
     return AudioFormat(int(rate), int(width), int(channels))  # type: ignore[call-overload]
-
-
-class _IdleTimer:
-    """Interrupts a read the peer leaves without an event for ``timeout`` seconds; one loop timer per connection.
-
-    The budget runs from when the handler starts waiting for an event, as a per-event ``asyncio.timeout()``
-    would, without its context manager and timer per audio chunk. ``restart()`` only moves the start; the
-    timer, when it fires early, re-arms itself for what is left. It interrupts nothing but a pending read, by
-    cancelling the handler's task, and ``read_event()`` tells that cancellation from a real one with
-    ``Task.uncancel()`` as ``asyncio.timeout`` does.
-    """
-
-    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_reading", "_since", "_task", "_timeout")
-
-    def __init__(self, timeout: float) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("the idle timer runs in the task that reads")
-        self._task = task
-        self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        self._since = self._loop.time()
-        self._reading = False
-        self._fired = False
-        self._cancelling = 0
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._since + timeout, self._expire)
-
-    def restart(self) -> None:
-        """An event was handled: the next one has the whole budget again."""
-        self._since = self._loop.time()
-
-    async def read_event(self, reader: asyncio.StreamReader) -> Event | None:
-        """The next event (``None`` at the end of the stream); ``TimeoutError`` once the peer was idle too long."""
-        self._reading = True
-        # Cancellations already requested are not ours (as ``asyncio.timeout`` counts them, on entry).
-        self._cancelling = self._task.cancelling()
-        try:
-            return await async_read_event(reader)
-        except asyncio.CancelledError:
-            if self._fired and self._task.uncancel() <= self._cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._reading = False
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _expire(self) -> None:
-        now = self._loop.time()
-        # While an event is being handled, the budget starts again when reading resumes.
-        deadline = self._since + self._timeout if self._reading else now + self._timeout
-        if now < deadline:
-            self._handle = self._loop.call_at(deadline, self._expire)
-            return
-        self._handle = None
-        self._fired = True
-        self._task.cancel()

@@ -1,8 +1,8 @@
 """The Wyoming listener: accepts connections and runs one handler per connection, within limits.
 
-Events are framed by the ``wyoming`` package; this module only bounds what a peer can make us hold:
-the header line is limited by the stream reader, and the ``data_length``/``payload_length`` a peer claims
-are checked before any byte is read (the library would otherwise read whatever size is claimed). Past
+Events are framed by the ``wyoming`` package as bytes arrive (``wyoming_reader``), within bounds: the header
+line is limited, and the ``data_length``/``payload_length`` a peer claims are checked before any byte is
+buffered for them (the library would otherwise read whatever size is claimed). Past
 ``max_sessions`` a new connection gets an ``error`` event and is closed, so a flood costs the flooder only.
 """
 
@@ -12,46 +12,19 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from wyoming.error import Error
 from wyoming.event import async_write_event
 from wyoming.server import AsyncEventHandler
 
+from .wyoming_reader import EventStreamReader
+
 _LOGGER = logging.getLogger(__name__)
 
-# Longest JSON header line a peer may send.
-MAX_HEADER_LINE = 64 * 1024
-
-
-class BoundedStreamReader(asyncio.StreamReader):
-    """A stream reader that refuses claimed sizes above a limit instead of buffering them."""
-
-    def __init__(self, max_block: int) -> None:
-        super().__init__(limit=MAX_HEADER_LINE)
-        self.max_block = max_block
-        # Why reading stopped, when it was the peer's fault (read by the handler for its error event).
-        self.violation: str | None = None
-
-    def readexactly(self, n: int) -> Coroutine[Any, Any, bytes]:
-        # Not a coroutine itself: the size is refused at the call, and the read costs no extra frame per event.
-        if n < 0 or n > self.max_block:
-            self.violation = f"event claims {n} bytes; the limit is {self.max_block}"
-            raise ValueError(self.violation)
-        return super().readexactly(n)
-
-    async def readline(self) -> bytes:
-        try:
-            return await super().readline()
-        except ValueError:
-            self.violation = f"event header longer than {MAX_HEADER_LINE} bytes"
-            raise
-
-
-HandlerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], AsyncEventHandler]
+HandlerFactory = Callable[[EventStreamReader, asyncio.StreamWriter], AsyncEventHandler]
 
 
 class WyomingServer:
@@ -76,7 +49,7 @@ class WyomingServer:
         parsed = urlparse(self.uri)
 
         def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(BoundedStreamReader(self.max_event_bytes), self._on_connection)
+            return asyncio.StreamReaderProtocol(EventStreamReader(self.max_event_bytes), self._on_connection)
 
         if parsed.scheme == "unix":
             path = Path(parsed.path)
@@ -143,7 +116,7 @@ class WyomingServer:
             writer.close()
             return
         task = asyncio.current_task()
-        assert task is not None
+        assert task is not None and isinstance(reader, EventStreamReader)
         handler = self._factory(reader, writer)
         self.handlers[task] = handler
         try:
