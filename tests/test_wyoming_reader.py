@@ -100,6 +100,66 @@ async def test_any_events_split_anywhere_frame_as_the_wyoming_package_reads_them
     assert as_tuples(framed(pieces)) == as_tuples(await library_events(data))
 
 
+# Audio chunks repeat their header line and data block: these events are read without parsing them again.
+repeating_events = st.lists(
+    st.builds(
+        Event,
+        type=st.sampled_from(["audio-chunk", "x"]),
+        data=st.sampled_from(
+            [
+                {"rate": 16000, "width": 2, "channels": 1},
+                {"rate": 16000, "width": 2, "channels": 1, "timestamp": None},
+                {"rate": 16000, "width": 2, "channels": 1, "timestamp": 10},
+                {"rate": 48000, "width": 2, "channels": 2},
+                {"names": ["a", "b"]},
+                {},
+            ]
+        ),
+        payload=st.none() | st.sampled_from([b"\n", b"ab", b"{}\n", bytes(320), bytes(range(256))]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=repeating_events, cuts=st.lists(st.integers(min_value=0, max_value=6000), max_size=10))
+async def test_repeated_headers_split_anywhere_frame_as_the_wyoming_package_reads_them(
+    events: list[Event], cuts: list[int]
+) -> None:
+    data = wire(*events)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    assert as_tuples(framed(pieces)) == as_tuples(await library_events(data))
+
+
+async def test_a_stream_of_chunks_is_the_wyoming_packages_when_only_the_payload_changes() -> None:
+    chunks = [
+        AudioChunk(rate=16000, width=2, channels=1, audio=bytes([n]) * 320, timestamp=None).event() for n in range(50)
+    ]
+    data = wire(*chunks)
+    expected = as_tuples(await library_events(data))
+    assert as_tuples(framed([data])) == expected
+    assert as_tuples(framed([data[i : i + 100] for i in range(0, len(data), 100)])) == expected
+    assert [payload for _, _, payload in expected] == [bytes([n]) * 320 for n in range(50)]
+
+
+def test_a_repeated_event_gets_its_own_data() -> None:
+    buffer = EventBuffer(4096)
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0").event()
+    buffer.feed(wire(chunk))
+    [first] = list(buffer.events())
+    assert first is not None
+    first.data["rate"] = 8000  # what one handler does with its event never reaches the next one
+    buffer.feed(wire(chunk))
+    [second] = list(buffer.events())
+    assert second is not None and second.data["rate"] == 16000 and second.data is not first.data
+    second.data["rate"] = 8000
+    buffer.feed(wire(chunk))
+    [third] = list(buffer.events())
+    assert third is not None and third.data["rate"] == 16000
+
+
 def test_a_claimed_size_over_the_limit_is_refused_before_its_bytes_arrive() -> None:
     header = b'{"type": "audio-chunk", "payload_length": 100000000}\n'
     buffer = EventBuffer(max_block=4096)

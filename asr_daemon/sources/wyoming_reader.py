@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 from wyoming.event import Event, read_event
 
@@ -40,9 +40,15 @@ class EventBuffer:
 
     ``readline`` and ``read`` give whole lines and exact sizes or raise :class:`_Incomplete`, so a partial event
     is read again, whole, once the rest has arrived.
+
+    Audio chunks repeat their header line and data block byte for byte (only the payload changes), and parsing
+    both as JSON again is most of what reading a chunk costs. So the reads ``read_event`` made for the last event
+    with a payload are kept: when the next bytes repeat its header line and data block exactly, ``read_event``
+    would make the same reads and return the same type and data, so that event is built from them and the next
+    ``payload_length`` bytes without parsing again.
     """
 
-    __slots__ = ("_data", "_position", "max_block", "violation")
+    __slots__ = ("_blocks", "_data", "_line", "_position", "_repeat", "max_block", "violation")
 
     def __init__(self, max_block: int) -> None:
         self._data = bytearray()
@@ -50,6 +56,11 @@ class EventBuffer:
         self.max_block = max_block
         # Why framing stopped, when it was the peer's fault.
         self.violation: str | None = None
+        # What ``read_event`` read for the event being read: its header line, then (size, bytes) per block.
+        self._line = b""
+        self._blocks: list[tuple[int, bytes]] = []
+        # The last event with a payload, as (header line, data block, payload size, type, data).
+        self._repeat: tuple[bytes, bytes, int, str, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self._data) - self._position
@@ -62,20 +73,50 @@ class EventBuffer:
 
         Other malformed input (a header that is not an object, no ``type``) raises what ``read_event`` raises.
         """
-        while self._position < len(self._data):
+        data = self._data
+        while self._position < len(data):
             start = self._position
+            repeat = self._repeat
+            if repeat is not None and data.startswith(repeat[0], start):
+                line, block, size, event_type, event_data = repeat
+                at = start + len(line)
+                if data.startswith(block, at):
+                    at += len(block)
+                    if at + size > len(data):
+                        break  # the same reads would stop at the payload: wait for it
+                    self._position = at + size
+                    yield Event(event_type, dict(event_data), bytes(data[at : at + size]))
+                    continue
+            self._blocks.clear()
             try:
                 event = read_event(self)  # type: ignore[arg-type]
             except _Incomplete:
                 self._position = start
                 break
+            if event is not None and event.payload is not None:
+                self._remember(event)
             yield event
             if event is None:
                 return
         # Drop what was read; the rest is the start of the next event.
         if self._position:
-            del self._data[: self._position]
+            del data[: self._position]
             self._position = 0
+
+    def _remember(self, event: Event) -> None:
+        """Keep the reads of an event with a payload, when they are ones another event can repeat."""
+        self._repeat = None
+        if not all(value is None or type(value) in (int, float, str, bool) for value in event.data.values()):
+            return  # nested data: a repeat would share it with this event
+        blocks = self._blocks
+        if len(blocks) == 1:
+            block, payload = (0, b""), blocks[0]
+        elif len(blocks) == 2:
+            block, payload = blocks
+        else:
+            return
+        if payload[1] is event.payload:
+            self._repeat = (self._line, block[1], payload[0], event.type, dict(event.data))
 
     # -- what ``read_event`` calls ----------------------------------------------------------------------
 
@@ -88,7 +129,8 @@ class EventBuffer:
                 raise RefusedSize(self.violation)
             raise _Incomplete
         self._position = end + 1
-        return bytes(data[start : end + 1])
+        line = self._line = bytes(data[start : end + 1])
+        return line
 
     def read(self, size: int) -> bytes:
         if size < 0 or size > self.max_block:
@@ -99,7 +141,9 @@ class EventBuffer:
         if end > len(self._data):
             raise _Incomplete
         self._position = end
-        return bytes(self._data[start:end])
+        block = bytes(self._data[start:end])
+        self._blocks.append((size, block))
+        return block
 
 
 class EventStreamReader(asyncio.StreamReader):
