@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .audio.normalise import AudioFormatError, AudioNormaliser
+from .quiet_timer import QuietTimer
 from .redact import redact
 from .resilience.backoff import Backoff, RetryBudget
 from .resilience.pacing import Pacer
@@ -375,33 +376,52 @@ class Session:
         pacer = Pacer(self._target.bytes_per_second, self._speed if replaying else None)
         position = self._buffer.start
         silence = b"\x00" * self._chunk_bytes
-        while not stream.closed:
-            available = self._buffer.end - position
-            if available >= self._chunk_bytes or (self._finishing and available > 0):
-                chunk = self._buffer.read(position, self._chunk_bytes)
-                delay = pacer.delay_for(len(chunk))
-                if delay:
-                    await asyncio.sleep(delay)
-                await stream.send_audio(chunk)
-                pacer.sent_bytes(len(chunk))
-                timeline.audio(len(chunk))
-                position += len(chunk)
-                continue
-            if self._finishing:
-                await stream.end()
-                # The vendor owes the final answer now: the receiver's wait gets its deadline.
-                deadline = self._answer_deadline
-                if deadline is not None and deadline.when() is None:
-                    deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
-                return
-            self._audio_arrived.clear()
-            try:
-                async with asyncio.timeout(self._keepalive):
-                    await self._audio_arrived.wait()
-            except TimeoutError:
-                # The client paused: keep the vendor's idle limit from cutting the stream.
-                await stream.send_audio(silence)
-                timeline.silence(len(silence))
+        quiet = False
+
+        def on_quiet() -> None:
+            nonlocal quiet
+            quiet = True
+            self._audio_arrived.set()
+
+        # Silence is sent once no audio went out for keepalive_seconds (one timer, not one per message).
+        keepalive = QuietTimer(self._keepalive, on_quiet) if self._keepalive is not None else None
+        try:
+            while not stream.closed:
+                available = self._buffer.end - position
+                if available >= self._chunk_bytes or (self._finishing and available > 0):
+                    chunk = self._buffer.read(position, self._chunk_bytes)
+                    delay = pacer.delay_for(len(chunk))
+                    if delay:
+                        await asyncio.sleep(delay)
+                    await stream.send_audio(chunk)
+                    pacer.sent_bytes(len(chunk))
+                    timeline.audio(len(chunk))
+                    position += len(chunk)
+                    quiet = False
+                    if keepalive is not None:
+                        keepalive.mark()
+                    continue
+                if self._finishing:
+                    await stream.end()
+                    # The vendor owes the final answer now: the receiver's wait gets its deadline.
+                    deadline = self._answer_deadline
+                    if deadline is not None and deadline.when() is None:
+                        deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                    return
+                if quiet and keepalive is not None:
+                    # The client paused: keep the vendor's idle limit from cutting the stream.
+                    quiet = False
+                    await stream.send_audio(silence)
+                    timeline.silence(len(silence))
+                    keepalive.mark()
+                    continue
+                self._audio_arrived.clear()
+                if keepalive is not None:
+                    keepalive.start()
+                await self._audio_arrived.wait()
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
 
     async def _receive(self, stream: VendorStream, timeline: ConnectionTimeline) -> None:
         name = self.adapter.name

@@ -21,6 +21,8 @@ from typing import Any, cast
 
 from wyoming.event import Event, read_event
 
+from ..quiet_timer import QuietTimer
+
 # Longest JSON header line a peer may send.
 MAX_HEADER_LINE = 64 * 1024
 # Events received but not yet handled before reading from the socket pauses (a client that outruns us).
@@ -168,8 +170,7 @@ class EventStreamReader(asyncio.StreamReader):
         # Takes an event on the spot while the handler waits (returns False to have it queued instead).
         self.take_now: Callable[[Event], bool] | None = None
         self.idle_timeout = idle_timeout
-        self._idle_since = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle: QuietTimer | None = None
 
     @property
     def violation(self) -> str | None:
@@ -208,8 +209,8 @@ class EventStreamReader(asyncio.StreamReader):
         except Exception as exc:  # the peer's malformed event: raised again in the handler's task
             self._failure = exc
             self._ended = True
-        if received and self._idle_timer is not None:
-            self._idle_since = self._event_loop.time()
+        if received and self._idle is not None:
+            self._idle.mark()
         if queue or self._ended:
             self._wake()
         if len(queue) > MAX_QUEUED_EVENTS and not self._reading_paused and self._socket is not None:
@@ -256,17 +257,18 @@ class EventStreamReader(asyncio.StreamReader):
         self._ended = True
         self._queue.clear()
         self.take_now = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._idle is not None:
+            self._idle.cancel()
         self._wake()
 
     async def _wait(self) -> None:
         waiter = self._waiter = self._event_loop.create_future()
         if self.idle_timeout is not None:
-            self._idle_since = self._event_loop.time()
-            if self._idle_timer is None:
-                self._idle_timer = self._event_loop.call_at(self._idle_since + self.idle_timeout, self._check_idle)
+            idle = self._idle
+            if idle is None:
+                idle = self._idle = QuietTimer(self.idle_timeout, self._on_idle)
+            idle.mark()
+            idle.start()
         try:
             await waiter
         finally:
@@ -277,16 +279,12 @@ class EventStreamReader(asyncio.StreamReader):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _check_idle(self) -> None:
-        """One timer per connection: when it fires early it is set again for the time that is left."""
-        assert self.idle_timeout is not None
-        now = self._event_loop.time()
+    def _on_idle(self) -> None:
         waiter = self._waiter
-        # The budget runs while the handler waits: time spent handling an event does not count.
-        deadline = self._idle_since + self.idle_timeout if waiter is not None else now + self.idle_timeout
-        if now < deadline:
-            self._idle_timer = self._event_loop.call_at(deadline, self._check_idle)
-            return
-        self._idle_timer = None
-        if waiter is not None and not waiter.done():
+        if waiter is None:
+            # The budget runs while the handler waits: time spent handling an event does not count.
+            assert self._idle is not None
+            self._idle.mark()
+            self._idle.start()
+        elif not waiter.done():
             waiter.set_exception(TimeoutError())
