@@ -229,6 +229,22 @@ async def test_reader_gives_events_in_order_then_none_at_the_end() -> None:
     assert not reader.malformed and reader.violation is None
 
 
+async def test_reader_fed_one_event_per_read_gives_the_wyoming_packages_events() -> None:
+    """The usual shape at real time: each read is exactly one chunk, most of them repeating the last header."""
+    fmt = {"rate": 16000, "width": 2, "channels": 1}
+    events = [AudioChunk(**fmt, audio=bytes([n]) * 320).event() for n in range(20)]
+    events += [Event("audio-chunk", {**fmt, "timestamp": 5}, b"xy"), AudioChunk(**fmt, audio=b"z" * 320).event()]
+    events += [Event("audio-chunk", fmt, bytes(319)), AudioStop().event()]
+    reader = EventStreamReader(4096)
+    for event in events:
+        reader.feed_data(wire(event))
+    reader.feed_eof()
+    read = []
+    while (event := await reader.read_event()) is not None:
+        read.append(event)
+    assert as_tuples(read) == as_tuples(await library_events(wire(*events)))
+
+
 async def test_reader_raises_a_malformed_event_in_order_after_the_good_ones() -> None:
     reader = EventStreamReader(4096)
     reader.feed_data(wire(Describe().event()) + b'{"no": "type"}\n' + wire(Describe().event()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from wyoming.event import Event, read_event
@@ -69,6 +69,20 @@ class EventBuffer:
 
     def feed(self, data: bytes) -> None:
         self._data += data
+
+    def repeated(self, data: bytes) -> Event | None:
+        """``data`` as one event, when it is exactly one that repeats the last header line and data block.
+
+        The common case (one audio chunk per read, nothing left over) then skips the buffer altogether.
+        """
+        repeat = self._repeat
+        if repeat is None or self._position < len(self._data):
+            return None
+        line, block, size, event_type, event_data = repeat
+        head = len(line) + len(block)
+        if len(data) != head + size or not data.startswith(line) or not data.startswith(block, len(line)):
+            return None
+        return Event(event_type, dict(event_data), data[head:])
 
     def events(self) -> Iterator[Event | None]:
         """Every whole event in the buffer; ``None`` for one the ``wyoming`` reader refused (bad JSON, a size).
@@ -193,11 +207,16 @@ class EventStreamReader(asyncio.StreamReader):
         if self._ended:
             return
         buffer = self._buffer
-        buffer.feed(data)
+        repeated = buffer.repeated(data)
+        if repeated is not None:
+            events: Iterable[Event | None] = (repeated,)
+        else:
+            buffer.feed(data)
+            events = buffer.events()
         queue = self._queue
         received = False
         try:
-            for event in buffer.events():
+            for event in events:
                 if event is None:
                     self._ended = self._refused = True
                     break

@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from wyoming.error import Error
@@ -49,7 +50,7 @@ class WyomingServer:
         parsed = urlparse(self.uri)
 
         def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(EventStreamReader(self.max_event_bytes), self._on_connection)
+            return _WyomingProtocol(EventStreamReader(self.max_event_bytes), self._on_connection)
 
         if parsed.scheme == "unix":
             path = Path(parsed.path)
@@ -126,6 +127,17 @@ class WyomingServer:
         finally:
             self.handlers.pop(task, None)
             writer.close()
+
+
+class _WyomingProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, handing received bytes straight to the connection's event reader."""
+
+    def __init__(self, events: EventStreamReader, connected: Callable[..., Any]) -> None:
+        super().__init__(events, connected)
+        self._events = events
+
+    def data_received(self, data: bytes) -> None:
+        self._events.feed_data(data)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
