@@ -78,6 +78,12 @@ async def test_many_events_in_one_write_are_all_handled() -> None:
     assert [e.type for e in events] == ["info"] * 20 + ["error"]
 
 
+async def test_a_header_that_is_not_json_gets_a_bad_event_error_then_a_close() -> None:
+    async with serving() as server:
+        events = await exchange(server.port, wire(Describe().event()) + b"this is not json\n")
+    assert [(e.type, e.data.get("code")) for e in events] == [("info", None), ("error", "bad-event")]
+
+
 async def test_idle_connection_gets_an_idle_error_then_a_close() -> None:
     async with serving(idle_timeout=0.3) as server:
         loop = asyncio.get_running_loop()
