@@ -150,6 +150,17 @@ async def test_a_real_cancellation_is_not_taken_for_idleness() -> None:
         writer.close()
 
 
+async def test_events_written_in_one_piece_read_back_with_the_wyoming_packages_reader() -> None:
+    event = Event("transcript", {"text": "明かりをつけて。", "language": "ja"}, payload=b"\x00\n\x01")
+    reader = asyncio.StreamReader()
+    reader.feed_data(wyoming_handler._framed(event) * 2)
+    reader.feed_eof()
+    for _ in range(2):
+        read = await async_read_event(reader)
+        assert read is not None and (read.type, read.data, read.payload) == (event.type, event.data, event.payload)
+    assert await async_read_event(reader) is None
+
+
 def test_event_type_names_are_wyomings() -> None:
     assert AudioChunk.is_type(wyoming_handler.AUDIO_CHUNK)
     assert AudioStart.is_type(wyoming_handler.AUDIO_START)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioStart
 from wyoming.error import Error
-from wyoming.event import Event, async_write_event
+from wyoming.event import Event, write_event
 from wyoming.server import AsyncEventHandler
 
 from ..events import AsrEvent, EventBus, EventKind
@@ -504,12 +505,20 @@ class WyomingAsrHandler(AsyncEventHandler):
             return
         try:
             async with self._write_lock, asyncio.timeout(WRITE_TIMEOUT):
-                await async_write_event(event, self.writer)
+                self.writer.write(_framed(event))
+                await self.writer.drain()
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             _LOGGER.info("%s: cannot write to the client (%s); closing", self.who, type(exc).__name__)
             self._closing = True
             self.writer.close()
             self.events.close()
+
+
+def _framed(event: Event) -> bytes:
+    """The event as the ``wyoming`` package frames it, in one piece: one socket write per event, not three."""
+    out = io.BytesIO()
+    write_event(event, out)
+    return out.getvalue()
 
 
 def _format_of(rate: object, width: object, channels: object) -> AudioFormat:
