@@ -14,7 +14,7 @@ from collections.abc import Callable
 class QuietTimer:
     """Calls ``on_quiet`` once ``seconds`` pass without :meth:`mark`; :meth:`start` arms it (again)."""
 
-    __slots__ = ("_handle", "_loop", "_on_quiet", "_since", "seconds")
+    __slots__ = ("_handle", "_loop", "_on_quiet", "_since", "expired", "seconds")
 
     def __init__(self, seconds: float, on_quiet: Callable[[], None]) -> None:
         self.seconds = seconds
@@ -22,6 +22,8 @@ class QuietTimer:
         self._loop = asyncio.get_running_loop()
         self._since = self._loop.time()
         self._handle: asyncio.TimerHandle | None = None
+        # It fired, and nothing was marked since.
+        self.expired = False
 
     @property
     def running(self) -> bool:
@@ -30,6 +32,7 @@ class QuietTimer:
     def mark(self) -> None:
         """Something happened: the quiet time starts again from now."""
         self._since = self._loop.time()
+        self.expired = False
 
     def start(self) -> None:
         """Arm the timer (from the last mark) unless it is armed already."""
@@ -47,4 +50,5 @@ class QuietTimer:
             self._handle = self._loop.call_at(deadline, self._check)
             return
         self._handle = None
+        self.expired = True
         self._on_quiet()

@@ -238,10 +238,10 @@ class Session:
             self._task.cancel()
             await asyncio.wait((self._task,), timeout=1.0)
         if not self._task.cancelled():
-            self._task.exception()
+            self._task.exception()  # retrieved, so asyncio does not warn about it
         if self._stream is not None:
             await self._stream.aclose()
-        # Retrieve the exception so asyncio does not warn about it.
+        # The outcome's exception too, for the same reason.
         if self._done.done() and not self._done.cancelled():
             self._done.exception()
 
@@ -376,15 +376,8 @@ class Session:
         pacer = Pacer(self._target.bytes_per_second, self._speed if replaying else None)
         position = self._buffer.start
         silence = b"\x00" * self._chunk_bytes
-        quiet = False
-
-        def on_quiet() -> None:
-            nonlocal quiet
-            quiet = True
-            self._audio_arrived.set()
-
         # Silence is sent once no audio went out for keepalive_seconds (one timer, not one per message).
-        keepalive = QuietTimer(self._keepalive, on_quiet) if self._keepalive is not None else None
+        keepalive = QuietTimer(self._keepalive, self._audio_arrived.set) if self._keepalive is not None else None
         try:
             while not stream.closed:
                 available = self._buffer.end - position
@@ -397,20 +390,17 @@ class Session:
                     pacer.sent_bytes(len(chunk))
                     timeline.audio(len(chunk))
                     position += len(chunk)
-                    quiet = False
                     if keepalive is not None:
                         keepalive.mark()
                     continue
                 if self._finishing:
                     await stream.end()
                     # The vendor owes the final answer now: the receiver's wait gets its deadline.
-                    deadline = self._answer_deadline
-                    if deadline is not None and deadline.when() is None:
-                        deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                    if self._answer_deadline is not None:
+                        self._start_answer_deadline(self._answer_deadline)
                     return
-                if quiet and keepalive is not None:
+                if keepalive is not None and keepalive.expired:
                     # The client paused: keep the vendor's idle limit from cutting the stream.
-                    quiet = False
                     await stream.send_audio(silence)
                     timeline.silence(len(silence))
                     keepalive.mark()
@@ -450,7 +440,7 @@ class Session:
         try:
             async with asyncio.timeout(None) as deadline:
                 if stream.end_sent.is_set():
-                    deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                    self._start_answer_deadline(deadline)
                 else:
                     # Until then a silent vendor is fine; the sender sets the deadline when the end goes out.
                     self._answer_deadline = deadline
@@ -461,6 +451,10 @@ class Session:
             ) from None
         finally:
             self._answer_deadline = None
+
+    def _start_answer_deadline(self, deadline: asyncio.Timeout) -> None:
+        if deadline.when() is None:
+            deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:

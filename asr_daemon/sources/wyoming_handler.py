@@ -260,16 +260,10 @@ class WyomingAsrHandler(AsyncEventHandler):
         if not self._in_utterance:
             # Chunks without audio-start: the chunk's own format starts the utterance.
             await self._begin_utterance(fmt)
-        session = self._session
-        audio = event.payload
-        if session is None or self._answered or not audio:
-            return True
-        if self.context.metrics is not None:
-            self.context.metrics.audio_in_bytes.inc(len(audio))
-        try:
-            session.feed(audio, fmt)
-        except SessionError as error:
-            await self._fail_utterance(error)
+        if not self._take_chunk(event):
+            refused, self._refused_chunk = self._refused_chunk, None
+            if refused is not None:
+                await self._fail_utterance(refused)
         return True
 
     async def _on_audio_stop(self) -> bool:

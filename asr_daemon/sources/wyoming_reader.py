@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from wyoming.event import Event, read_event
 
@@ -35,6 +35,27 @@ class _Incomplete(Exception):
 
 class RefusedSize(ValueError):
     """A peer claimed more than it may send; ``read_event`` turns it into ``None``, ``violation`` says why."""
+
+
+class _Repeat(NamedTuple):
+    """The reads ``read_event`` made for an event with a payload, and what it returned for them."""
+
+    line: bytes
+    block: bytes
+    payload_size: int
+    type: str
+    data: dict[str, Any]
+
+    def payload_at(self, data: bytes | bytearray, start: int) -> int | None:
+        """Where the payload starts when ``data`` repeats this header line and data block at ``start``."""
+        block_at = start + len(self.line)
+        if data.startswith(self.line, start) and data.startswith(self.block, block_at):
+            return block_at + len(self.block)
+        return None
+
+    def event(self, payload: bytes) -> Event:
+        # A copy of the data: what one handler does with its event never reaches the next one.
+        return Event(self.type, dict(self.data), payload)
 
 
 class EventBuffer:
@@ -61,8 +82,8 @@ class EventBuffer:
         # What ``read_event`` read for the event being read: its header line, then (size, bytes) per block.
         self._line = b""
         self._blocks: list[tuple[int, bytes]] = []
-        # The last event with a payload, as (header line, data block, payload size, type, data).
-        self._repeat: tuple[bytes, bytes, int, str, dict[str, Any]] | None = None
+        # The last event with a payload, when another event can repeat its reads.
+        self._repeat: _Repeat | None = None
 
     def __len__(self) -> int:
         return len(self._data) - self._position
@@ -78,6 +99,7 @@ class EventBuffer:
         repeat = self._repeat
         if repeat is None or self._position < len(self._data):
             return None
+        # _Repeat.payload_at and .event, written out: this runs for every chunk, and a call costs more here.
         line, block, size, event_type, event_data = repeat
         head = len(line) + len(block)
         if len(data) != head + size or not data.startswith(line) or not data.startswith(block, len(line)):
@@ -93,16 +115,14 @@ class EventBuffer:
         while self._position < len(data):
             start = self._position
             repeat = self._repeat
-            if repeat is not None and data.startswith(repeat[0], start):
-                line, block, size, event_type, event_data = repeat
-                at = start + len(line)
-                if data.startswith(block, at):
-                    at += len(block)
-                    if at + size > len(data):
-                        break  # the same reads would stop at the payload: wait for it
-                    self._position = at + size
-                    yield Event(event_type, dict(event_data), bytes(data[at : at + size]))
-                    continue
+            at = repeat.payload_at(data, start) if repeat is not None else None
+            if repeat is not None and at is not None:
+                end = at + repeat.payload_size
+                if end > len(data):
+                    break  # the same reads would stop at the payload: wait for it
+                self._position = end
+                yield repeat.event(bytes(data[at:end]))
+                continue
             self._blocks.clear()
             try:
                 event = read_event(self)  # type: ignore[arg-type]
@@ -132,7 +152,7 @@ class EventBuffer:
         else:
             return
         if payload[1] is event.payload:
-            self._repeat = (self._line, block[1], payload[0], event.type, dict(event.data))
+            self._repeat = _Repeat(self._line, block[1], payload[0], event.type, dict(event.data))
 
     # -- what ``read_event`` calls ----------------------------------------------------------------------
 
@@ -244,9 +264,6 @@ class EventStreamReader(asyncio.StreamReader):
         # The connection broke: for the handler that is the end of the stream.
         self._ended = True
         self._wake()
-
-    def at_eof(self) -> bool:
-        return self._ended and not self._queue
 
     # -- read by the handler ----------------------------------------------------------------------------
 
