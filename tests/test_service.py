@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -129,8 +130,20 @@ def test_a_wedged_event_loop_stops_the_watchdog_pings(
 
         assert len(pings_during(1.0)) >= 3
         # Wedge the daemon's loop for 1.5 s (a blocking call on it, as a bug would).
-        state["loop"].call_soon_threadsafe(time.sleep, 1.5)
-        time.sleep(0.1)
+        wedged = threading.Event()
+
+        def wedge() -> None:
+            wedged.set()
+            time.sleep(1.5)
+
+        state["loop"].call_soon_threadsafe(wedge)
+        assert wedged.wait(5)
+        # A ping sent just before the wedge may still wait in the socket: it was not sent while blocked.
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.recv(4096)
+        sock.settimeout(0.1)
         assert pings_during(1.2) == [], "pings went on while the loop was blocked"
         assert len(pings_during(1.5)) >= 2, "pings did not resume"
     finally:
