@@ -189,6 +189,30 @@ async def daemon_stream(
     return result
 
 
+async def chunk_stream(
+    port: int, chunks: list[bytes], audio_bytes: list[int], *, pace: float, seconds: float, delay: float
+) -> float:
+    """Encoded audio chunks sent to ``port`` round and round, at ``pace`` for ``seconds`` after ``delay``, the
+    way ``daemon_stream`` sends them; nothing is read back (the wake-up floor's load). Returns the audio seconds
+    sent."""
+    await asyncio.sleep(delay)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = index = 0
+    try:
+        started = time.monotonic()
+        while sent < seconds * pace * BYTES_PER_SECOND:
+            await _pace(started, sent + audio_bytes[index], pace)
+            writer.write(chunks[index])
+            await writer.drain()
+            sent += audio_bytes[index]
+            index = (index + 1) % len(chunks)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return sent / BYTES_PER_SECOND
+
+
 async def direct_stream(
     adapter: VendorAdapter,
     case: VendorCase,

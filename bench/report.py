@@ -92,6 +92,10 @@ def level_figures(level: LevelRun) -> dict[str, Any]:
     figures["audio_seconds"] = audio
     figures["cpu_s_per_audio_s"] = level.daemon_cpu_seconds / audio if audio else None
     figures["cpu_pct_per_stream"] = 100 * level.daemon_cpu_seconds / audio if audio else None
+    floor_audio = level.floor_audio_seconds
+    figures["floor_pct_per_stream"] = (
+        100 * level.floor_cpu_seconds / floor_audio if level.floor_cpu_seconds is not None and floor_audio else None
+    )
     figures["daemon_cpu_pct"] = 100 * level.daemon_cpu_seconds / level.wall_seconds
     figures["clients_cpu_pct"] = 100 * level.clients_cpu_seconds / level.wall_seconds
     figures["emulators_cpu_pct"] = 100 * level.emulators_cpu_seconds / level.wall_seconds
@@ -115,7 +119,8 @@ def level_line(level: LevelRun) -> str:
     return (
         f"added p50/p99 {_f(f['added_p50'])}/{_f(f['added_p99'])} ms "
         f"(daemon p99 {_f(f['daemon_p99'])}, direct p99 {_f(f['direct_p99'])}); "
-        f"CPU {_f(f['cpu_pct_per_stream'], 2)} % of a core per stream; errors {f['errors_daemon']}+{f['errors_direct']}"
+        f"CPU {_f(f['cpu_pct_per_stream'], 2)} % of a core per stream (floor {_f(f['floor_pct_per_stream'], 2)}); "
+        f"errors {f['errors_daemon']}+{f['errors_direct']}"
     )
 
 
@@ -217,6 +222,8 @@ def write(run: Run, out: Path, seconds: float) -> dict[str, Any]:
                 "clients_cpu_seconds": level.clients_cpu_seconds,
                 "emulators_cpu_seconds": level.emulators_cpu_seconds,
                 "other_cpu_seconds": level.other_cpu_seconds,
+                "floor_cpu_seconds": level.floor_cpu_seconds,
+                "floor_audio_seconds": level.floor_audio_seconds,
                 "rss_samples": level.rss_samples,
                 "describe_seconds": level.describe_seconds,
                 "loop_lag_p50_p99_max_ms": {
@@ -264,6 +271,14 @@ def _write_markdown(
         verdict = {True: "**pass**", False: "**MISS**", None: "not measured"}[v["pass"]]
         lines.append(f"| {v['budget']} | {v['limit']} | {v['shown']} | {verdict} |")
     shown_best = f"**{best}**" if best is not None else "none of the levels tested"
+    floors = [f for f in figures if f["floor_pct_per_stream"] is not None]
+    if floors:
+        shown = ", ".join(f"{_f(f['floor_pct_per_stream'], 2)} % at {f['level']}" for f in floors)
+        lines += [
+            "",
+            f"The wake-up floor on this machine: a Python process ({env.get('floor_event_loop')}) that is sent the "
+            f"same chunks at the same pace and only receives them costs, per real-time stream, {shown} (Resources).",
+        ]
     lines += [
         "",
         f"Highest concurrency tested that keeps p99 added latency under 25 ms: {shown_best} "
@@ -310,17 +325,20 @@ def _write_markdown(
         "Daemon CPU from /proc (user + system, all threads) over the level, divided by the seconds of audio "
         "streamed through it. The helper processes (the emulators; all clients) are shown so that a saturated "
         "load generator would be visible: its event-loop lag delays both paths' timings. The last column is "
-        "what other processes used meanwhile (100 % = one core): anything but ~0 makes the run noisy.",
+        "what other processes used meanwhile (100 % = one core): anything but ~0 makes the run noisy. The floor is "
+        "the same figure for a process that is only woken for the level's chunks (`bench/floor.py`): what being "
+        "woken per chunk costs before any work.",
         "",
-        "| clients | daemon CPU, % of a core | **CPU per real-time stream, % of a core** | CPU s per audio s "
+        "| clients | daemon CPU, % of a core | **CPU per real-time stream, % of a core** | floor, % per stream "
+        "| CPU s per audio s "
         "| peak RSS MB | describe p50 / p99 ms under load | emulators CPU % / lag p99 ms "
         "| clients CPU % / lag p99 ms | rest of the machine CPU % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in figures:
         lines.append(
             f"| {f['level']} | {_f(f['daemon_cpu_pct'])} | **{_f(f['cpu_pct_per_stream'], 2)}** "
-            f"| {_f(f['cpu_s_per_audio_s'], 4)} | {f['rss_peak_mb']:.1f} "
+            f"| {_f(f['floor_pct_per_stream'], 2)} | {_f(f['cpu_s_per_audio_s'], 4)} | {f['rss_peak_mb']:.1f} "
             f"| {_f(f['describe_p50'], 2)} / {_f(f['describe_p99'], 2)} "
             f"| {_f(f['emulators_cpu_pct'])} / {_f(f['emulators_lag_p99'])} "
             f"| {_f(f['clients_cpu_pct'])} / {_f(f['clients_lag_p99'])} | {_f(f['other_cpu_pct'])} |"

@@ -38,6 +38,7 @@ from .daemon_process import (
     own_cpu_seconds,
     start_daemon,
 )
+from .floor import FloorReceiver, running_floor
 from .load import StreamResult, describe_round_trip
 from .scenario import CASES, cases_for, daemon_config, speech_for
 
@@ -58,6 +59,8 @@ class Plan:
     piece_bytes: int = 1024
     startups: int = 5
     describes: int = 50
+    # Per level: seconds the wake-up floor (floor.py) gets the level's chunks; 0 = not measured.
+    floor_seconds: float = 10.0
     idle_seconds: float = 3.0
     vendors: tuple[str, ...] = tuple(case.vendor for case in CASES)
     profile: bool = False
@@ -72,7 +75,9 @@ class Plan:
 
 PRESETS: dict[str, Plan] = {
     "full": Plan(),
-    "quick": Plan(samples=100, samples_single=30, startups=3, describes=30, idle_seconds=2.0, name="quick"),
+    "quick": Plan(
+        samples=100, samples_single=30, startups=3, describes=30, idle_seconds=2.0, floor_seconds=5.0, name="quick"
+    ),
     # CI's smoke run: proves the machinery works end to end in seconds; its figures mean nothing.
     "tiny": Plan(
         levels=(1, 5),
@@ -83,6 +88,7 @@ PRESETS: dict[str, Plan] = {
         startups=1,
         describes=3,
         idle_seconds=0.3,
+        floor_seconds=0.5,
         name="tiny",
     ),
 }
@@ -103,6 +109,9 @@ class LevelRun:
     clients_loop_lag: list[float]
     emulators_loop_lag: list[float]
     profile: str | None = None
+    # The wake-up floor at this level (floor.py): its CPU seconds for the audio seconds it was sent.
+    floor_cpu_seconds: float | None = None
+    floor_audio_seconds: float | None = None
 
 
 @dataclass
@@ -322,11 +331,16 @@ async def run(plan: Plan) -> Run:
                     plan, 1, daemon, clients, emulators, workdir, iterations=len(cases), pace=8.0, profiled=False
                 )
                 result.warmup = warm.results
-                for level in plan.levels:
-                    _say(f"level {level}: {level} + {level} clients x {plan.iterations(level)} utterances")
-                    level_run = await run_level(plan, level, daemon, clients, emulators, workdir)
-                    result.levels.append(level_run)
-                    _say("  " + report.level_line(level_run))
+                async with contextlib.AsyncExitStack() as stack:
+                    floor = await stack.enter_async_context(running_floor()) if plan.floor_seconds > 0 else None
+                    result.environment["floor_event_loop"] = floor.event_loop if floor is not None else None
+                    for level in plan.levels:
+                        _say(f"level {level}: {level} + {level} clients x {plan.iterations(level)} utterances")
+                        level_run = await run_level(plan, level, daemon, clients, emulators, workdir)
+                        if floor is not None:
+                            await measure_floor(plan, level_run, floor, clients)
+                        result.levels.append(level_run)
+                        _say("  " + report.level_line(level_run))
                 await asyncio.sleep(plan.idle_seconds)
                 result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
             except BaseException:
@@ -347,6 +361,18 @@ async def run(plan: Plan) -> Run:
         finally:
             await emulators.stop()
     return result
+
+
+async def measure_floor(plan: Plan, level: LevelRun, floor: FloorReceiver, clients: Worker) -> None:
+    """The level's chunks, at its pace and concurrency, sent to a process that only receives them (floor.py)."""
+    command = {
+        "floor": floor.port, "level": level.level, "seconds": plan.floor_seconds, "pace": plan.pace,
+        "piece": plan.piece_bytes,
+    }  # fmt: skip
+    before = await floor.cpu_seconds()
+    answer = await clients.ask(command)
+    level.floor_cpu_seconds = await floor.cpu_seconds() - before
+    level.floor_audio_seconds = answer["audio_seconds"]
 
 
 async def measure_idle(plan: Plan, daemon: DaemonProcess) -> dict[str, Any]:
@@ -397,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--piece-bytes", type=int, help="bytes per audio-chunk (default 1024; Home Assistant's pipeline sends 320)"
     )
+    parser.add_argument(
+        "--floor-seconds", type=float, help="seconds per level of the wake-up floor's measurement (0: skip it)"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during each level (profile.md)")
     parser.add_argument("--keep", type=Path, help="keep the daemon's configs and logs in this directory")
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where RESULTS.md, results.json, *.png go")
@@ -411,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         changes["levels"] = tuple(int(level) for level in args.levels.split(","))
     if args.vendors:
         changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
-    for name in ("samples", "samples_single", "pace", "piece_bytes"):
+    for name in ("samples", "samples_single", "pace", "piece_bytes", "floor_seconds"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.profile:

@@ -18,7 +18,7 @@ from typing import Any
 from asr_daemon.vendors.base import VendorAdapter
 
 from .daemon_process import own_cpu_seconds
-from .load import LoopLag, StreamResult, daemon_stream, direct_stream, encode_utterance, run_slot
+from .load import LoopLag, StreamResult, chunk_stream, daemon_stream, direct_stream, encode_utterance, run_slot
 from .scenario import BYTES_PER_SECOND, VendorCase, cases_for, running_emulators, speech_for, vendor_adapter
 
 
@@ -63,17 +63,20 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
         command = await _receive(conn)
         if command is None or command == "stop":
             return
-        level, iterations, pace, piece = command["level"], command["iterations"], command["pace"], command["piece"]
+        level, pace, piece = command["level"], command["pace"], command["piece"]
         for case in cases:
             if (case.vendor, piece) not in encoded:
                 encoded[case.vendor, piece] = encode_utterance(speech[case.vendor], piece)
-
-        through_daemon = functools.partial(_through_daemon, port, speech, encoded, piece, pace)
-        direct = functools.partial(_direct, adapters, speech, piece, pace)
         # Clients start spread over one utterance, so ends of audio do not all fall at the same instant (they
         # would in no real house); each direct client runs half a step after its daemon twin.
         mean_seconds = statistics.fmean(len(speech[c.vendor]) / BYTES_PER_SECOND for c in cases) / pace
         step = mean_seconds / level
+        if "floor" in command:
+            conn.send(await _floor(command["floor"], cases, speech, encoded, command, step))
+            continue
+        iterations = command["iterations"]
+        through_daemon = functools.partial(_through_daemon, port, speech, encoded, piece, pace)
+        direct = functools.partial(_direct, adapters, speech, piece, pace)
         slots = [run_slot(through_daemon, cases, slot, iterations, slot * step) for slot in range(level)]
         slots += [run_slot(direct, cases, slot, iterations, (slot + 0.5) * step) for slot in range(level)]
         lag = LoopLag()
@@ -89,6 +92,28 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
                 "cpu_seconds": cpu,
             }
         )
+
+
+async def _floor(
+    port: int,
+    cases: tuple[VendorCase, ...],
+    speech: dict[str, bytes],
+    encoded: dict[tuple[str, int], list[bytes]],
+    command: dict[str, Any],
+    step: float,
+) -> dict[str, Any]:
+    """The level's chunks, started as the level's clients start, to the wake-up floor's receiver (``floor.py``)."""
+    piece = command["piece"]
+    chunks = [chunk for case in cases for chunk in encoded[case.vendor, piece]]
+    sizes = [
+        min(piece, len(speech[case.vendor]) - offset) for case in cases
+        for offset in range(0, len(speech[case.vendor]), piece)
+    ]  # fmt: skip
+    streams = [
+        chunk_stream(port, chunks, sizes, pace=command["pace"], seconds=command["seconds"], delay=slot * step)
+        for slot in range(command["level"])
+    ]
+    return {"audio_seconds": sum(await asyncio.gather(*streams))}
 
 
 async def _through_daemon(

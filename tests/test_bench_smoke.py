@@ -49,6 +49,11 @@ def test_tiny_benchmark_runs_every_vendor_through_both_paths(tmp_path: Path) -> 
     assert any(name.startswith("CPU per real-time stream") for name in budgets)
     assert any(name.startswith("idle RSS") for name in budgets)
     assert any(name.startswith("start → ready") for name in budgets)
+    # The wake-up floor got each level's chunks and its CPU was read.
+    for level in levels:
+        assert level["floor_audio_seconds"] > 0
+        assert level["figures"]["floor_pct_per_stream"] > 0
+    assert results["environment"]["floor_event_loop"] in ("uvloop", "asyncio")
     assert results["after"]["exit_code"] == 0
     assert [line for line in results["after"]["log_errors"] if " ERROR " in line or "Traceback" in line] == []
 
