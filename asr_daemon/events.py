@@ -188,6 +188,11 @@ class EventBus:
     def subscriptions(self) -> list[Subscription]:
         return list(self._subscriptions)
 
+    @property
+    def listened(self) -> bool:
+        """A sink is attached: events published now reach someone (without one, making them is wasted work)."""
+        return bool(self._subscriptions)
+
     def publish(self, event: AsrEvent) -> None:
         self.published += 1
         for subscription in self._subscriptions:

@@ -110,6 +110,15 @@ async def test_when_only_finals_are_queued_the_oldest_is_dropped_and_counted() -
     assert [e.text for e in stuck.events] == ["2", "3", "4"]
 
 
+async def test_the_bus_says_whether_anyone_listens() -> None:
+    # Publishers skip making events while nobody listens, so this must follow attach and detach exactly.
+    bus = EventBus()
+    assert not bus.listened
+    async with bus.attached(Recorder("sink")):
+        assert bus.listened
+    assert not bus.listened
+
+
 async def test_shutdown_flush_is_bounded() -> None:
     bus = EventBus()
     stuck = Recorder("stuck")

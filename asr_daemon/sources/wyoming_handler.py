@@ -464,6 +464,8 @@ class WyomingAsrHandler(AsyncEventHandler):
     # -- events out ----------------------------------------------------------------------------------
 
     def _publish(self, kind: EventKind, **fields: Any) -> None:
+        if not self.context.events.listened:
+            return  # no sink: an event (its id costs a random read) for nobody
         session = self._session
         self.context.events.publish(
             AsrEvent(
