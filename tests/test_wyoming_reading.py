@@ -43,11 +43,13 @@ class SlowHandler(WyomingAsrHandler):
 
 
 @asynccontextmanager
-async def serving(idle_timeout: float = 5.0, max_event_bytes: int = 4096) -> AsyncIterator[WyomingServer]:
+async def serving(
+    idle_timeout: float = 5.0, max_event_bytes: int = 4096, handler: type[WyomingAsrHandler] = SlowHandler
+) -> AsyncIterator[WyomingServer]:
     router = Router({})
     context = HandlerContext(build_info(router).event(), router, SessionLimits(), idle_timeout=idle_timeout)
     server = WyomingServer(
-        "tcp://127.0.0.1:0", partial(SlowHandler, context), max_sessions=4, max_event_bytes=max_event_bytes
+        "tcp://127.0.0.1:0", partial(handler, context), max_sessions=4, max_event_bytes=max_event_bytes
     )
     await server.start()
     try:
@@ -185,3 +187,50 @@ async def test_shutdown_closes_a_connection_between_utterances_at_once() -> None
         assert server.active == 0
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed, without an error event
         writer.close()
+
+
+class BuggyHandler(SlowHandler):
+    """A handler with a bug: taking a chunk on the spot raises, and so does handling a ``boom`` event."""
+
+    def _take_chunk(self, event: Event) -> bool:
+        raise RuntimeError("a bug on the spot")
+
+    async def handle_event(self, event: Event) -> bool:
+        if event.type == "audio-chunk":
+            await self._write(Event("handled"))
+            return True
+        if event.type == "boom":
+            raise RuntimeError("a bug in order")
+        return await super().handle_event(event)
+
+
+async def test_a_bug_in_taking_a_chunk_on_the_spot_is_ours_not_the_clients(caplog: pytest.LogCaptureFixture) -> None:
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=b"\0" * 640).event()
+    async with serving(handler=BuggyHandler) as server:
+        assert server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            answers = []
+            for _ in range(3):
+                # One at a time, so that each arrives while the handler waits (where chunks are taken on the spot).
+                writer.write(wire(chunk))
+                async with asyncio.timeout(5):
+                    answers.append(await async_read_event(reader))
+            writer.write(wire(Describe().event()))
+            async with asyncio.timeout(5):
+                answers.append(await async_read_event(reader))
+        finally:
+            writer.close()
+    # Every chunk is still handled, in order, and the client is not told its events were malformed.
+    assert [e.type for e in answers if e is not None] == ["handled", "handled", "handled", "info"]
+    spot_failures = [r for r in caplog.records if "on the spot failed" in r.getMessage()]
+    assert len(spot_failures) == 1 and spot_failures[0].exc_info is not None
+
+
+async def test_a_bug_in_handling_an_event_answers_an_internal_error(caplog: pytest.LogCaptureFixture) -> None:
+    async with serving(handler=BuggyHandler) as server:
+        events = await exchange(server.port, wire(Event("boom"), Describe().event()))
+    assert [e.type for e in events] == ["error"]
+    assert events[0].data["code"] == "internal"
+    assert "a bug in order" in events[0].data["text"]
+    assert any(r.exc_info is not None and "failed to handle a boom event" in r.getMessage() for r in caplog.records)

@@ -141,7 +141,14 @@ class WyomingAsrHandler(AsyncEventHandler):
                     elif self._in_utterance and not self._closing:
                         _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.who)
                     break
-                if not await self.handle_event(event):
+                try:
+                    keep_going = await self.handle_event(event)
+                except Exception as exc:
+                    # A bug of ours: the client gets an answer saying so (not silence), the log the traceback.
+                    _LOGGER.exception("%s: failed to handle a %s event; closing", self.who, event.type)
+                    await self._answer_error("internal", f"internal error handling {event.type}: {exc}")
+                    break
+                if not keep_going:
                     break
         finally:
             events.close()

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, cast
 
 from wyoming.event import Event, read_event
 
 from ..quiet_timer import QuietTimer
+
+_LOGGER = logging.getLogger(__name__)
 
 # Longest JSON header line a peer may send.
 MAX_HEADER_LINE = 64 * 1024
@@ -242,8 +245,14 @@ class EventStreamReader(asyncio.StreamReader):
                     break
                 received = True
                 take_now = self.take_now
-                if take_now is not None and self._waiter is not None and not queue and take_now(event):
-                    continue
+                if take_now is not None and self._waiter is not None and not queue:
+                    try:
+                        if take_now(event):
+                            continue
+                    except Exception:
+                        # Our fault, not the peer's: the event goes the ordered way, which reports failures as ours.
+                        _LOGGER.exception("taking a %s event on the spot failed; handling events in order", event.type)
+                        self.take_now = None
                 queue.append(event)
         except Exception as exc:  # the peer's malformed event: raised again in the handler's task
             self._failure = exc
