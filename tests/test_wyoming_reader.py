@@ -4,7 +4,6 @@ the bytes are split, with the size limits checked before anything is buffered fo
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 from typing import Any
 
@@ -12,17 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.event import Event, async_read_event, write_event
+from wyoming.event import Event, async_read_event
 from wyoming.info import Describe
 
 from asr_daemon.sources.wyoming_reader import MAX_HEADER_LINE, MAX_QUEUED_EVENTS, EventBuffer, EventStreamReader
-
-
-def wire(*events: Event) -> bytes:
-    out = io.BytesIO()
-    for event in events:
-        write_event(event, out)  # type: ignore[arg-type]
-    return out.getvalue()
+from tests.support.wyoming import wire
 
 
 async def library_events(data: bytes) -> list[Event]:

@@ -4,7 +4,6 @@ peer but never an event being handled, and the event type names the dispatch com
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -12,7 +11,7 @@ from functools import partial
 import pytest
 from wyoming.asr import Transcribe
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.event import Event, async_read_event, write_event
+from wyoming.event import Event, async_read_event
 from wyoming.info import Describe
 
 from asr_daemon.info import build_info
@@ -21,14 +20,7 @@ from asr_daemon.session import SessionLimits
 from asr_daemon.sources import wyoming_handler
 from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from asr_daemon.sources.wyoming_server import WyomingServer
-
-
-def wire(*events: Event) -> bytes:
-    """Events framed by wyoming's own writer."""
-    out = io.BytesIO()
-    for event in events:
-        write_event(event, out)  # type: ignore[arg-type]
-    return out.getvalue()
+from tests.support.wyoming import wire
 
 
 class SlowHandler(WyomingAsrHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from dataclasses import dataclass, field
 
@@ -10,10 +11,18 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, write_event
 from wyoming.info import Describe, Info
 
 RATE, WIDTH, CHANNELS = 16000, 2, 1
+
+
+def wire(*events: Event) -> bytes:
+    """Events as the ``wyoming`` package's own writer frames them, back to back."""
+    out = io.BytesIO()
+    for event in events:
+        write_event(event, out)  # type: ignore[arg-type]
+    return out.getvalue()
 
 
 @dataclass
