@@ -108,7 +108,8 @@ def _error_from(document: dict[str, Any], raw: str) -> VendorError:
     """An unrecognised JSON message, most likely an (undocumented) error: keep what the vendor said."""
     said = next((v for k in _MESSAGE_KEYS if isinstance(v := document.get(k), str) and v.strip()), None)
     code_value = next((document[k] for k in _CODE_KEYS if isinstance(document.get(k), str | int)), None)
-    code = None if code_value is None or isinstance(code_value, bool) else str(code_value)
+    # Bounded like the message: the code goes into the error the client sees.
+    code = None if code_value is None or isinstance(code_value, bool) else quote_vendor_text(str(code_value))
     if said is None:
         return VendorError(f"iApp sent an unexpected message: {quote_vendor_text(raw)}", code)
     # An authentication complaint does not go away by reconnecting with the same key.

@@ -56,6 +56,10 @@ FATAL_CODES = frozenset({3, 5, 7, 9, 11, 12, 16})
 # Close codes that mean the server side failed, even after our end marker (the last final may be missing).
 _FAILED_CLOSE_CODES = frozenset({1011, 1012, 1013, 1014})
 
+# The most of a status message (with its field violations) an error keeps: enough for every violation the
+# config can cause, bounded because it reaches the client's error event.
+MAX_STATUS_TEXT = 600
+
 # protojson Duration: "1.020s", "2s", "-0.5s".
 _DURATION = re.compile(r"^\s*(-?)(\d+)(?:\.(\d{1,9}))?s\s*$")
 
@@ -189,7 +193,7 @@ class TiroCodec(StreamCodec):
             text = f"{text}: {'; '.join(violations)}"
         code = name or (str(number) if number is not None else None)
         fatal = number in FATAL_CODES
-        return [VendorError(redact(text), code, fatal=fatal)]
+        return [VendorError(_excerpt(text, MAX_STATUS_TEXT), code, fatal=fatal)]
 
     def _protocol_error(self, what: str) -> list[VendorEvent]:
         self._failed = True

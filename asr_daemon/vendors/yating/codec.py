@@ -140,4 +140,5 @@ def _code(value: object) -> str | None:
     """The vendor's error code, if it sent one (undocumented; kept for logs)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
-    return str(value)
+    # Bounded like the message: the code goes into the error the client sees.
+    return quote_vendor_text(str(value))
