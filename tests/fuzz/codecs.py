@@ -3,6 +3,7 @@ what each vendor sends, with hostile values and broken framing mixed in."""
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import zlib
@@ -54,6 +55,11 @@ _GZIP_BOMB = zlib.compress(b"[" * (2 << 20), wbits=16 + zlib.MAX_WBITS)
 
 def json_shaped(keys: list[str], words: list[str]) -> st.SearchStrategy[Any]:
     """JSON values whose object keys are mostly the vendor's own (so parsing gets past the first check)."""
+    return _json_shaped(tuple(keys), tuple(words))
+
+
+@functools.cache  # one strategy object per vendor: building it again for every draw is most of the cost
+def _json_shaped(keys: tuple[str, ...], words: tuple[str, ...]) -> st.SearchStrategy[Any]:
     leaves = (
         st.none()
         | st.booleans()
