@@ -136,6 +136,16 @@ def test_a_vendor_error_of_any_length_becomes_a_short_error(make: Callable[[], S
     assert error.code is None or len(error.code) <= MAX_ERROR_MESSAGE
 
 
+def test_amivoice_says_nothing_after_the_end_of_the_stream_whatever_arrives() -> None:
+    codec = AmiVoiceCodec("-a-general", "test-key")
+    codec.start()
+    codec.receive("s")
+    codec.end()
+    assert codec.receive("e") == [StreamCompleted()]
+    assert codec.receive(b"C authorization") == []
+    assert codec.connection_closed(1000, "") == []
+
+
 @pytest.mark.xfail(strict=True, reason="AmiVoice quotes the vendor's error text whole")
 def test_amivoice_error_text_is_bounded() -> None:
     codec = AmiVoiceCodec("-a-general", "test-key")

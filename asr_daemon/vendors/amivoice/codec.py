@@ -105,10 +105,11 @@ class AmiVoiceCodec(StreamCodec):
     # -- what we receive --------------------------------------------------------------------------------
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:
-        if isinstance(message, bytes | bytearray | memoryview):
-            return [VendorError(f"unexpected binary message from AmiVoice ({len(message)} bytes)")]
+        # After the end of the stream nothing the vendor sends matters, not even a message of the wrong kind.
         if self.completed:
             return []
+        if isinstance(message, bytes | bytearray | memoryview):
+            return [VendorError(f"unexpected binary message from AmiVoice ({len(message)} bytes)")]
         tag, body = split_message(message)
         if tag == "s":
             return self._on_start_reply(body.strip())
