@@ -36,11 +36,12 @@ async def test_a_deeply_nested_header_is_answered_as_a_bad_event() -> None:
     assert [(e.type, e.data.get("code")) for e in outcome.answers] == [("error", "bad-event")]
 
 
-@pytest.mark.xfail(strict=True, reason="transcript_names as a string fails the first chunk with an internal error")
-async def test_transcript_names_that_are_not_a_list_are_not_an_internal_error() -> None:
+@pytest.mark.xfail(strict=True, reason="transcript_names that is not a list fails the first chunk as an internal error")
+@pytest.mark.parametrize("names", ["abc", 5])
+async def test_transcript_names_that_are_not_a_list_are_not_an_internal_error(names: object) -> None:
     await run_connection(
         [
-            frame({"type": "transcribe", "data": {"transcript_names": "abc", "language": "en"}}),
+            frame({"type": "transcribe", "data": {"transcript_names": names, "language": "en"}}),
             frame({"type": "audio-chunk", "data": FORMAT, "payload_length": len(PCM)}, b"", PCM),
             frame({"type": "audio-stop"}),
         ]
