@@ -152,7 +152,9 @@ def main() -> None:
     words = corpus.parent / f"{name}.dict"
     words.write_text("".join(f"{word}\n" for word in dictionary(name)))
     target = wyoming_target() if name == "wyoming" else codec_target(name)
-    args = [sys.argv[0], f"-dict={words}", f"-artifact_prefix={corpus}/", *options, str(corpus)]
+    # Inputs named on the command line (a crash to reproduce) are run once each, instead of fuzzing the corpus.
+    inputs = [] if any(not option.startswith("-") for option in options) else [str(corpus)]
+    args = [sys.argv[0], f"-dict={words}", f"-artifact_prefix={corpus}/", *options, *inputs]
     atheris.Setup(args, target)
     atheris.Fuzz()
 
