@@ -271,6 +271,14 @@ class VendorAdapter(ABC):
         key = self.settings.key()
         return [key] if key else []
 
+    def has_credentials(self) -> bool:
+        """Whether a key is configured (the vendor refuses every stream without one)."""
+        return bool(self.settings.key())
+
+    def secret_carrying_urls(self) -> dict[str, str]:
+        """Setting name under ``vendors.<name>`` → the URL it resolves to, for every URL a secret travels to."""
+        return {"url": self.endpoint}
+
     @abstractmethod
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         """Everything before the WebSocket handshake (may do I/O, e.g. fetch a one-time token)."""
