@@ -292,3 +292,18 @@ def test_tls_or_a_local_broker_needs_no_warning(tmp_path: Path) -> None:
     for mqtt in ("  host: broker.lan\n  tls: true\n", "  host: 127.0.0.1\n", "  host: localhost\n"):
         found = problems(tmp_path, f"mqtt:\n{mqtt}  password: mqtt-pass-1234\n")
         assert "mqtt.password" not in found
+
+
+def test_environment_typos_and_bad_json_never_show_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_DAEMON_VENDORS__AMIVOICE__APIKEY", "env-secret-0007")
+    monkeypatch.setenv("ASR_DAEMON_MQTT__PASSWD", "env-secret-0008")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "env-secret" not in str(caught.value)
+    assert "vendors.amivoice.apikey: unknown key" in str(caught.value)
+    monkeypatch.delenv("ASR_DAEMON_VENDORS__AMIVOICE__APIKEY")
+    monkeypatch.delenv("ASR_DAEMON_MQTT__PASSWD")
+    monkeypatch.setenv("ASR_DAEMON_VENDORS", '{"amivoice": {"api_key": "env-secret-0009"')  # cut short
+    with pytest.raises(ConfigError, match='field "vendors"') as caught:
+        load_settings()
+    assert "env-secret" not in str(caught.value)
