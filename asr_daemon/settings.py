@@ -406,6 +406,9 @@ def _embed_local_engine(settings: Settings) -> None:
 _SECRET_KEY_PARTS = ("key", "pass", "pwd", "token", "secret", "auth", "credential", "cookie", "signature")
 
 
+_SECTION_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+
+
 def _looks_secret(key: str) -> bool:
     folded = key.lower().replace("-", "").replace("_", "")
     return any(part in folded for part in _SECRET_KEY_PARTS)
@@ -429,8 +432,8 @@ def format_validation_error(exc: ValidationError, config: Path | None) -> str:
     """One line per bad key: the key, the value where it is safe to show, and what was expected.
 
     This runs before any secret is registered for masking, so a value is shown only for a known key whose name
-    does not look secret: an unknown key may be a misspelt secret (``apikey:``, ``passwd:``), and its value is
-    never printed.
+    does not look secret: an unknown key may be a misspelt secret (``apikey:``, ``passwd:``), and a scalar where
+    a section belongs may be a key written one level too high (``vendors: {amivoice: KEY}``).
     """
     source = f" in {config}" if config else ""
     lines = [f"invalid configuration{source}:"]
@@ -443,7 +446,8 @@ def format_validation_error(exc: ValidationError, config: Path | None) -> str:
         if error["type"] == "missing":
             lines.append(f"  {key}: required but missing")
             continue
-        hidden = any(_looks_secret(part) for part in parts)
+        # A scalar where a section belongs is a misplaced setting: it may be a key written one level too high.
+        hidden = error["type"] in _SECTION_ERRORS or any(_looks_secret(part) for part in parts)
         shown = None if hidden else _shown_value(error.get("input"))
         if shown is None:
             what = "value not shown" if hidden else f"a {type(error.get('input')).__name__}"

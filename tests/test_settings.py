@@ -161,6 +161,7 @@ vendors:
     api_key: [list-secret-0002]
   volcengine:
     app_kee: typo-secret-0003
+  tiro: typo-secret-0010
 mqtt:
   host: broker.lan
   passwd: typo-secret-0004
@@ -178,7 +179,7 @@ def test_config_errors_never_show_a_secret_even_misspelt(tmp_path: Path) -> None
     assert "secret-000" not in message
     # Every bad key is still named, and harmless values are still shown.
     for key in ("vendors.amivoice.apikey: unknown key", "vendors.volcengine.app_kee: unknown key",
-                "mqtt.passwd: unknown key", "vendors.amivoice.api_key", "mqtt.password"):
+                "mqtt.passwd: unknown key", "vendors.amivoice.api_key", "mqtt.password", "vendors.tiro"):
         assert key in message
     assert "mqtt.port = 77777" in message
     assert "wyoming.max_sessions = 'lots'" in message
