@@ -21,6 +21,7 @@ from .redact import redact
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .vendors.base import VendorAdapter
 
 # The package is on no index: these are what install an extra from a checkout.
 LOCAL_INSTALL_HINT = (
@@ -47,16 +48,22 @@ class Finding:
 
 def find_problems(settings: Settings) -> list[Finding]:
     """Every problem of a loaded configuration, errors first."""
-    findings = [*_missing_keys(settings), *_microphone(settings), *_routes(settings), *_cleartext_secrets(settings)]
+    from .vendors import registry
+
+    adapters = {name: registry.adapter_class(name)(vendor) for name, vendor in settings.configured_vendors().items()}
+    findings = [
+        *_missing_keys(adapters),
+        *_microphone(settings),
+        *_routes(settings),
+        *_cleartext_secrets(adapters, settings),
+    ]
     return sorted(findings, key=lambda finding: finding.level != "error")
 
 
-def _missing_keys(settings: Settings) -> list[Finding]:
-    from .vendors import registry
-
+def _missing_keys(adapters: dict[str, VendorAdapter]) -> list[Finding]:
     found = []
-    for name, vendor in settings.configured_vendors().items():
-        if registry.adapter_class(name)(vendor).has_credentials():
+    for name, adapter in adapters.items():
+        if adapter.has_credentials():
             continue
         message = (
             f"no API key: {name} will refuse every request. Give it one of three ways: api_key_file (a file "
@@ -101,18 +108,15 @@ def _routes(settings: Settings) -> list[Finding]:
     return []
 
 
-def _cleartext_secrets(settings: Settings) -> list[Finding]:
-    from .vendors import registry
-
+def _cleartext_secrets(adapters: dict[str, VendorAdapter], settings: Settings) -> list[Finding]:
     found = []
-    for name, vendor in settings.configured_vendors().items():
-        adapter = registry.adapter_class(name)(vendor)
+    for name, adapter in adapters.items():
         for setting, url in adapter.secret_carrying_urls().items():
             parts = urlsplit(url)
             if parts.scheme not in ("ws", "http") or _is_loopback(parts.hostname):
                 continue
             secure = "wss" if parts.scheme == "ws" else "https"
-            default = "" if setting in vendor.model_fields_set else " (the default)"
+            default = "" if setting in adapter.settings.model_fields_set else " (the default)"
             message = (
                 f"{redact(url)}{default} is unencrypted: the {name} credentials cross the network in the clear. "
                 f"Use a {secure}:// URL if the service offers one"
