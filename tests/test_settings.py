@@ -308,3 +308,12 @@ def test_environment_typos_and_bad_json_never_show_a_secret(monkeypatch: pytest.
     with pytest.raises(ConfigError, match='field "vendors"') as caught:
         load_settings()
     assert "env-secret" not in str(caught.value)
+
+
+def test_no_config_without_the_offline_engine_warns_that_nothing_is_routed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("asr_daemon.settings.local_engine_installed", lambda: False)
+    finding = problems(tmp_path, "")["vendors"]
+    assert finding.level == "warning"
+    assert "nothing is routed" in finding.message and "sudo scripts/install --with-local" in finding.message
