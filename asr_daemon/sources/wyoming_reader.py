@@ -286,6 +286,11 @@ class EventStreamReader(asyncio.StreamReader):
         """Reading stopped at an event whose header or data is not JSON (or nests deeper than it may)."""
         return self._refused and self._buffer.violation is None
 
+    def hold_one(self, max_block: int) -> None:
+        """Frame one event of at most ``max_block`` bytes, then pause (a connection only asked who we are)."""
+        self._buffer.max_block = max_block
+        self.max_queued_weight = 0
+
     @property
     def held_bytes(self) -> int:
         """What this connection holds: the bytes of events still arriving and the weight of those waiting."""
@@ -302,6 +307,9 @@ class EventStreamReader(asyncio.StreamReader):
         if self._ended:
             return
         buffer = self._buffer
+        if self._reading_paused:
+            buffer.feed(data)  # read before the pause took effect: framed once the queue has room
+            return
         event = buffer.repeated(data)
         if event is None:
             buffer.feed(data)
