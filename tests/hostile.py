@@ -4,10 +4,10 @@
     python -m tests.hostile slow --connections 4 --seconds 10 [--data-bytes 61440]
 
 ``flood``: each connection sends ``describe`` events carrying a data block of ``--data-bytes`` of JSON that
-grows ~25-fold once parsed (a list of empty lists), as fast as the daemon takes them, and never reads an
-answer (so answers back up and events wait); a connection the daemon closes is opened again.
+grows ~25-fold once parsed (a list of empty lists, slow to parse too), as fast as the daemon takes them, and
+never reads an answer (so answers back up and events wait); a connection the daemon closes is opened again.
 ``slow``: each connection sends a header claiming a data block and a 512 KiB payload, the data block whole,
-then the payload one byte every 20 ms (~50 bytes/s), the way a slow-loris client would.
+(the same heavy JSON), then the payload one byte every 20 ms (~50 bytes/s), the way a slow-loris client would.
 
 Reported: the daemon's RSS growth (peak over the run, from /proc VmHWM, against its RSS before the attack),
 its CPU seconds per hostile byte (slow), and the describe round trip Home Assistant would see meanwhile.
@@ -71,10 +71,15 @@ class Figures:
         }
 
 
-def flood_event(data_bytes: int) -> bytes:
-    """A describe with a data block of about ``data_bytes`` of JSON that parses into many small objects."""
+def heavy_json(data_bytes: int) -> bytes:
+    """About ``data_bytes`` of JSON object that parses slowly into many small objects (a list of empty lists)."""
     items = max(0, (data_bytes - 10) // 3)
-    block = ('{"x":[' + ",".join(["[]"] * items) + "]}").encode()
+    return ('{"x":[' + ",".join(["[]"] * items) + "]}").encode()
+
+
+def flood_event(data_bytes: int) -> bytes:
+    """A describe with a data block of about ``data_bytes`` of heavy JSON."""
+    block = heavy_json(data_bytes)
     header = json.dumps({"type": "describe", "data_length": len(block)}).encode() + b"\n"
     return header + block
 
@@ -102,7 +107,7 @@ async def flood(port: int, data_bytes: int, until: float, figures: Figures) -> N
 
 
 async def slow(port: int, data_bytes: int, until: float, figures: Figures) -> None:
-    block = b'{"x":"' + b"a" * max(0, data_bytes - 8) + b'"}'
+    block = heavy_json(data_bytes)
     header = json.dumps({"type": "audio-chunk", "data_length": len(block), "payload_length": PAYLOAD_BYTES}).encode()
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     try:

@@ -241,6 +241,8 @@ def test_the_allow_list_matches_ipv4_mapped_and_scoped_addresses() -> None:
     assert not address_allowed("2001:db8::1", networks)
 
 
-def test_a_bad_allow_entry_is_a_clear_config_error() -> None:
+def test_allow_entries_are_networks_and_a_bad_one_is_a_clear_config_error() -> None:
+    allowed = load_settings(None, {"wyoming": {"allow": ["192.168.1.0/24", "fd00::/8"]}}).wyoming
+    assert [str(network) for network in allowed.allowed_networks()] == ["192.168.1.0/24", "fd00::/8"]
     with pytest.raises(Exception, match=r"wyoming\.allow.*'192\.168\.1\.0/33'"):
         load_settings(None, {"wyoming": {"allow": ["192.168.1.0/33"]}})

@@ -55,6 +55,8 @@ class _Repeat(NamedTuple):
     payload_size: int
     type: str
     data: dict[str, Any]
+    # What such an event weighs while it waits (see ``EventBuffer.last_weight``).
+    weight: int
 
     def payload_at(self, data: bytes | bytearray, start: int) -> int | None:
         """Where the payload starts when ``data`` repeats this header line and data block at ``start``."""
@@ -122,11 +124,11 @@ class EventBuffer:
         if repeat is None or self._position < len(self._data) or self._header is not None:
             return None
         # _Repeat.payload_at and .event, written out: this runs for every chunk, and a call costs more here.
-        line, block, size, event_type, event_data = repeat
+        line, block, size, event_type, event_data, weight = repeat
         head = len(line) + len(block)
         if len(data) != head + size or not data.startswith(line) or not data.startswith(block, len(line)):
             return None
-        self.last_weight = size + EVENT_WEIGHT + DATA_WEIGHT * len(block)
+        self.last_weight = weight
         return Event(event_type, dict(event_data), data[head:])
 
     def events(self) -> Iterator[Event | None]:
@@ -168,7 +170,7 @@ class EventBuffer:
                 if end > len(data):
                     return None  # the same header: wait for its payload
                 self._position = end
-                self.last_weight = repeat.payload_size + EVENT_WEIGHT + DATA_WEIGHT * len(repeat.block)
+                self.last_weight = repeat.weight
                 return repeat.event(bytes(data[at:end]))
             header = self._read_header(start)
             if header is None:
@@ -243,7 +245,7 @@ class EventBuffer:
             return
         if not all(value is None or type(value) in (int, float, str, bool) for value in event.data.values()):
             return  # nested data: a repeat would share it with this event
-        self._repeat = _Repeat(line, block, len(event.payload or b""), event.type, dict(event.data))
+        self._repeat = _Repeat(line, block, len(event.payload or b""), event.type, dict(event.data), self.last_weight)
 
 
 class EventStreamReader(asyncio.StreamReader):
@@ -316,12 +318,20 @@ class EventStreamReader(asyncio.StreamReader):
             self._frame()
             return
         # One whole audio chunk: nothing else is buffered, so it needs no framing.
-        if not self._hand_over(event, buffer.last_weight):
-            self._pause()
         if self._idle is not None:
             self._idle.mark()
-        if self._queue:
-            self._wake()
+        take_now = self.take_now
+        if take_now is not None and self._waiter is not None and not self._queue:
+            # _hand_over's first step, written out: this runs for every chunk.
+            try:
+                if take_now(event):
+                    return
+            except Exception:
+                _LOGGER.exception("taking a %s event on the spot failed; handling events in order", event.type)
+                self.take_now = None
+        if not self._enqueue(event, buffer.last_weight):
+            self._pause()
+        self._wake()
 
     def _frame(self) -> None:
         """Hand over the buffered whole events, until the queue is full (reading pauses then)."""
@@ -359,6 +369,11 @@ class EventStreamReader(asyncio.StreamReader):
                 # Our fault, not the peer's: the event goes the ordered way, which reports failures as ours.
                 _LOGGER.exception("taking a %s event on the spot failed; handling events in order", event.type)
                 self.take_now = None
+        return self._enqueue(event, weight)
+
+    def _enqueue(self, event: Event, weight: int) -> bool:
+        """Queue ``event`` for the handler's task; whether the queue has room for more."""
+        queue = self._queue
         queue.append((event, weight))
         self._queued_weight += weight
         return len(queue) <= MAX_QUEUED_EVENTS and self._queued_weight <= self.max_queued_weight
