@@ -38,8 +38,9 @@ REFUSED_READ_SECONDS = 1.0
 REFUSED_READ_BYTES = 4096
 # Refused connections read at once; past this, they get the busy error without a read.
 MAX_REFUSED_READING = 8
-# At most one log line per this many seconds about peers outside the allow-list.
-DENIED_LOG_INTERVAL = 60.0
+# At most one log line per this many seconds about refused connections of each kind (a flood must not fill
+# the journal); the line says how many were refused since the last one.
+REFUSED_LOG_INTERVAL = 60.0
 
 
 class WyomingServer:
@@ -68,8 +69,8 @@ class WyomingServer:
         self.connections_total = 0
         self.rejected_total = 0
         self.denied_total = 0
-        self._denied_unlogged = 0
-        self._denied_logged_at: float | None = None
+        self._denied_log = _Sparse("refused %d connection(s) from outside wyoming.allow (the latest from %s)")
+        self._refused_log = _Sparse("refused %d connection(s): %d sessions are running (max_sessions; the latest: %s)")
         self._refused_reading = 0
         # Local ports of our own liveness checks, let in whatever ``allow`` says.
         self._probe_ports: set[int] = set()
@@ -169,16 +170,7 @@ class WyomingServer:
         if address_allowed(str(peer[0]), self.allow):
             return True
         self.denied_total += 1
-        self._denied_unlogged += 1
-        now = time.monotonic()
-        if self._denied_logged_at is None or now - self._denied_logged_at >= DENIED_LOG_INTERVAL:
-            _LOGGER.warning(
-                "refused %d connection(s) from outside wyoming.allow (the latest from %s)",
-                self._denied_unlogged,
-                peer[0],
-            )
-            self._denied_logged_at = now
-            self._denied_unlogged = 0
+        self._denied_log.warn(peer[0])
         return False
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,9 +194,7 @@ class WyomingServer:
     async def _refuse(self, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         """Every slot is taken: answer a first ``describe`` (within bounds), then the busy error, and close."""
         self.rejected_total += 1
-        _LOGGER.warning(
-            "refusing a connection from %s: %d sessions are running (max_sessions)", _peer(writer), len(self.handlers)
-        )
+        self._refused_log.warn(len(self.handlers), _peer(writer))
         try:
             if self.info is not None and self._refused_reading < MAX_REFUSED_READING:
                 self._refused_reading += 1
@@ -226,6 +216,23 @@ class WyomingServer:
         finally:
             reader.close()
             writer.close()
+
+
+class _Sparse:
+    """A warning logged at most once per ``REFUSED_LOG_INTERVAL``, with the count of what it stands for."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def warn(self, *args: object) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= REFUSED_LOG_INTERVAL:
+            _LOGGER.warning(self._message, self._unlogged, *args)
+            self._logged_at = now
+            self._unlogged = 0
 
 
 def address_allowed(host: str, allow: Sequence[Network]) -> bool:
