@@ -250,3 +250,53 @@ def test_allow_entries_are_networks_and_a_bad_one_is_a_clear_config_error() -> N
     assert [str(network) for network in allowed.allowed_networks()] == ["192.168.1.0/24", "fd00::/8"]
     with pytest.raises(Exception, match=r"wyoming\.allow.*'192\.168\.1\.0/33'"):
         load_settings(None, {"wyoming": {"allow": ["192.168.1.0/33"]}})
+
+
+# -- the framing against the wyoming package's reader ---------------------------------------------------
+
+
+def _outcome(read: Any) -> tuple[Any, ...]:
+    try:
+        event = read()
+    except Exception as exc:
+        return ("raises", type(exc))
+    if event is None:
+        return ("refused",)
+    return ("event", event.type, event.data, event.payload)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type": "x", "data_length": "5"}\n',
+        b'{"type": "x", "payload_length": -3}\n',
+        b'{"type": "x", "payload_length": -1.5}\n',
+        b'{"type": "x", "payload_length": 1.5}\nab',
+        b'{"type": "x", "payload_length": true}\na',
+        b'{"type": 5, "payload_length": 2}\nab',
+        b'{"type": "x", "data": {"a": 1}, "data_length": 8}\n{"b": 2}',
+        b'{"type": "x", "data": [1], "data_length": 8}\n{"b": 2}',
+        b'{"type": "x", "data_length": 3}\n[1]',
+        b'{"type": "x", "data_length": 5}\n[[1]]',
+        b'{"type": "x", "data_length": 8}\n[["a",1]]',
+        b'{"type": "x", "data_length": 2}\n\xff\xfe',
+        b'{"type": "x", "data": 3}\n',
+        b'{"data": {}}\n',
+        b"null\n",
+        b"\n",
+        b'{"type": "x"} trailing\n',
+    ],
+)
+def test_odd_events_come_out_as_the_wyoming_packages_reader_makes_them(data: bytes) -> None:
+    import io
+
+    from wyoming.event import read_event
+
+    def ours() -> Event | None:
+        buffer = EventBuffer(1 << 20)
+        buffer.feed(data)
+        events = list(buffer.events())
+        assert len(events) == 1, events
+        return events[0]
+
+    assert _outcome(ours) == _outcome(lambda: read_event(io.BytesIO(data)))  # type: ignore[arg-type]
