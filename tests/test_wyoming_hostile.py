@@ -234,6 +234,19 @@ async def test_a_peer_outside_the_allow_list_is_closed_at_accept_counted_and_log
         assert "asr_connections_denied_total 5.0" in metrics
 
 
+async def test_a_unix_socket_peer_is_always_allowed(tmp_path: Path) -> None:
+    from wyoming.client import AsyncClient
+
+    path = tmp_path / "wyoming.sock"
+    async with running_daemon({"wyoming": {"uri": f"unix://{path}", "allow": ["10.0.0.0/8"]}}) as daemon:
+        async with AsyncClient.from_uri(f"unix://{path}") as client:
+            await client.write_event(Describe().event())
+            event = await asyncio.wait_for(client.read_event(), 5)
+        assert event is not None and Info.is_type(event.type)
+        assert daemon.server.denied_total == 0
+        assert await daemon.listener_answers()
+
+
 def test_the_allow_list_matches_ipv4_mapped_and_scoped_addresses() -> None:
     networks = load_settings(None, {}).wyoming.allowed_networks()
     assert address_allowed("192.168.1.20", networks)

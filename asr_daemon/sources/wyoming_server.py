@@ -195,11 +195,11 @@ class WyomingServer:
         """Every slot is taken: answer a first ``describe`` (within bounds), then the busy error, and close."""
         self.rejected_total += 1
         self._refused_log.warn(len(self.handlers), _peer(writer))
+        reader.hold_one(REFUSED_READ_BYTES)
         try:
             if self.info is not None and self._refused_reading < MAX_REFUSED_READING:
                 self._refused_reading += 1
                 try:
-                    reader.hold_one(REFUSED_READ_BYTES)
                     async with asyncio.timeout(REFUSED_READ_SECONDS):
                         first = await reader.read_event()
                     if first is not None and Describe.is_type(first.type):
