@@ -8,6 +8,7 @@ value stops start-up with the key, what was expected and the value (unless it ma
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -32,6 +33,19 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names each bad key."""
 
 
+# Who may connect by default: this host, and the private, link-local and unique-local ranges of a LAN.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
 class WyomingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +65,26 @@ class WyomingSettings(BaseModel):
     idle_timeout: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds a connection may stay silent before it is closed"
     )
+    allow: list[str] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS),
+        description="Client networks (CIDRs) allowed to connect over TCP; others are closed at accept "
+        "(default: loopback and private ranges; 0.0.0.0/0 and ::/0 allow any)",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"wyoming.allow: {value!r} is not a network; expected a CIDR such as 192.168.1.0/24 or fd00::/8"
+                ) from None
+        return values
+
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(value, strict=False) for value in self.allow]
 
     @field_validator("uri")
     @classmethod
