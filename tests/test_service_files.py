@@ -143,3 +143,49 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPa
     assert watchdog_interval() is None
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval() is None
+
+
+_LOG_SOME_LINES = """
+import logging
+from asr_daemon.logging_setup import setup_logging
+setup_logging("debug")
+log = logging.getLogger("asr_daemon.example")
+log.warning("vendor slow")
+log.info("listening")
+log.debug("detail")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("handler failed")
+"""
+
+
+def stderr_of_logging(tmp_path: Path, journal: bool) -> list[str]:
+    """What the daemon's logging writes to a stderr that is (or is not) the journal's stream."""
+    path = tmp_path / "stderr"
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    env["PYTHONPATH"] = str(ROOT)
+    with path.open("w") as stderr:
+        if journal:
+            info = os.fstat(stderr.fileno())
+            env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+        subprocess.run([sys.executable, "-c", _LOG_SOME_LINES], stderr=stderr, env=env, check=True, timeout=60)
+    return path.read_text().splitlines()
+
+
+def test_logs_under_systemd_carry_the_syslog_priority_and_no_time(tmp_path: Path) -> None:
+    lines = stderr_of_logging(tmp_path, journal=True)
+    assert lines[0] == "<4>WARNING asr_daemon.example: vendor slow"
+    assert lines[1] == "<6>INFO    asr_daemon.example: listening"
+    assert lines[2] == "<7>DEBUG   asr_daemon.example: detail"
+    assert lines[3] == "<3>ERROR   asr_daemon.example: handler failed"
+    # journald stores each line as its own entry: the traceback's lines keep the error's priority.
+    traceback = lines[4:]
+    assert traceback and all(line.startswith("<3>") for line in traceback), traceback
+    assert traceback[-1] == "<3>ZeroDivisionError: division by zero"
+
+
+def test_logs_elsewhere_keep_the_time_and_no_priority(tmp_path: Path) -> None:
+    lines = stderr_of_logging(tmp_path, journal=False)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING asr_daemon\.example: vendor slow$", lines[0]), lines
+    assert not any(line.startswith("<") for line in lines)
