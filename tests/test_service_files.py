@@ -67,6 +67,11 @@ def test_unit_keeps_what_the_daemon_needs() -> None:
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "SystemCallFilter=@system-service",
+        # /etc/asr-daemon is root's: the dynamic user reads the config through its credential copy.
+        "LoadCredential=config.yaml:/etc/asr-daemon/config.yaml",
+        "run --config %d/config.yaml",
+        "MemoryMax=",
+        "TasksMax=",
     ):
         assert line in text, line
     assert "PrivateDevices=yes" not in text  # it would hide /dev/snd
@@ -90,7 +95,7 @@ def test_install_script_into_a_staging_root(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert (staging / "opt/asr-daemon/venv/bin/asr-daemon").exists()
     config = staging / "etc/asr-daemon/config.yaml"
-    assert oct(config.stat().st_mode & 0o777) == "0o640"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
     assert "zeroconf: true" in config.read_text()
     unit = (staging / "etc/systemd/system/asr-daemon.service").read_text()
     assert "LoadCredential=amivoice_api_key:/etc/asr-daemon/credentials/amivoice_api_key" in unit
