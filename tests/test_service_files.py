@@ -16,6 +16,7 @@ from asr_daemon.service.notify import SystemdNotifier, watchdog_interval
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "asr-daemon.service"
 
+
 def unit_with_exec(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's entry point (verify checks that it exists)."""
     exe = Path(sys.executable).parent / "asr-daemon"

@@ -1,5 +1,6 @@
-"""The README's Raspberry Pi install, done for real: Debian trixie booted under its own systemd (systemd-nspawn),
-the checkout installed with ``sudo scripts/install``, the config edited, a key file written, installed again.
+"""The README's Raspberry Pi install, done for real: Debian (trixie, bookworm) booted under its own systemd
+(systemd-nspawn), the checkout installed with ``sudo scripts/install``, the config edited, a key file written,
+installed again.
 Then the service must answer Home Assistant, keep systemd's watchdog fed, survive a kill and a restart, stop
 cleanly, log with priorities journald understands, and keep its key out of the journal.
 
@@ -76,11 +77,13 @@ def emulator() -> Iterator[int]:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def machine() -> Iterator[nspawn.Container]:
+# trixie has systemd 257 as Raspberry Pi OS trixie does; bookworm's 252 is the oldest the unit must work with.
+@pytest.fixture(scope="module", params=["trixie", "bookworm"])
+def machine(request: pytest.FixtureRequest) -> Iterator[nspawn.Container]:
+    suite = request.param
     started = time.monotonic()
-    lower = debian_root.ensure_root("trixie")
-    print(f"\ntrixie root ready in {time.monotonic() - started:.0f} s")
+    lower = debian_root.ensure_root(suite)
+    print(f"\n{suite} root ready in {time.monotonic() - started:.0f} s")
     with nspawn.booted(lower) as container:
         shutil.copytree(
             ROOT,
