@@ -182,6 +182,7 @@ def test_readme_install_runs_under_systemd(machine: nspawn.Container, emulator: 
         lambda: show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] != first_ping,
         timeout=45,
     )
+    assert show("StatusText")["StatusText"], "the pings carry the daemon's status"
 
     # A warning is found by priority; info lines are not.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
@@ -221,3 +222,10 @@ def test_readme_install_runs_under_systemd(machine: nspawn.Container, emulator: 
     assert "asr-daemon" in journal
     assert KEY not in journal
     assert KEY not in machine.console.read_text(errors="replace")
+
+    # Uninstalled, the service is gone and the config stays; purged, the config goes too.
+    machine.run(f"cd {CHECKOUT} && sudo scripts/uninstall")
+    assert machine.run(f"systemctl cat {unit}", check=False).strip().startswith("No files found"), "unit still there"
+    assert machine.run("ls /opt/asr-daemon /etc/asr-daemon/config.yaml 2>&1", check=False).count("No such file") == 1
+    machine.run(f"cd {CHECKOUT} && sudo scripts/uninstall --purge")
+    assert "No such file" in machine.run("ls /etc/asr-daemon 2>&1", check=False)
