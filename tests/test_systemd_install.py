@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,10 +93,10 @@ def machine(request: pytest.FixtureRequest) -> Iterator[nspawn.Container]:
         yield container
 
 
-def wait_for(what: str, condition: object, timeout: float = 60) -> None:
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if callable(condition) and condition():
+        if condition():
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
