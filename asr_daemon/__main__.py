@@ -141,6 +141,8 @@ async def _run(args: argparse.Namespace) -> int:
     from .vendors.base import VendorFailure
 
     settings = _load(args)
+    if not _log_problems(settings):
+        return EXIT_CONFIG
     _LOGGER.debug("event loop: %s", type(asyncio.get_running_loop()).__module__)
     daemon = Daemon(settings)
     try:
@@ -162,10 +164,25 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_problems(settings: Any) -> bool:
+    """Log what ``check`` would report; False when an error means the daemon must not start."""
+    from .setup_check import find_problems
+
+    problems = find_problems(settings)
+    for problem in problems:
+        log = _LOGGER.error if problem.level == "error" else _LOGGER.warning
+        log("%s: %s", problem.key, problem.message)
+    if any(problem.level == "error" for problem in problems):
+        _LOGGER.error("not starting: fix the configuration errors above (asr-daemon check lists them)")
+        return False
+    return True
+
+
 def _check(args: argparse.Namespace) -> int:
     import yaml
 
     from .daemon import Daemon
+    from .setup_check import find_problems
 
     settings = _load(args)
     print(yaml.safe_dump(settings.redacted(), sort_keys=False, allow_unicode=True), end="")
@@ -176,7 +193,15 @@ def _check(args: argparse.Namespace) -> int:
         print(f"#   {language} → {adapter.name if adapter else 'none'}")
     if router.default:
         print(f"#   anything else → {router.default}")
-    print("# configuration is valid", file=sys.stderr)
+    problems = find_problems(settings)
+    for problem in problems:
+        print(f"asr-daemon: {problem}", file=sys.stderr)
+    errors = sum(problem.level == "error" for problem in problems)
+    if errors:
+        print(f"# configuration is not usable: {errors} error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    warnings = len(problems)
+    print(f"# configuration is valid{f' ({warnings} warning(s))' if warnings else ''}", file=sys.stderr)
     return 0
 
 

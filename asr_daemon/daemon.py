@@ -85,6 +85,8 @@ class Daemon:
             partial(WyomingAsrHandler, self.context),
             max_sessions=settings.wyoming.max_sessions,
             max_event_bytes=settings.wyoming.max_event_bytes,
+            allow=settings.wyoming.allowed_networks(),
+            info=self.context.info,
         )
         self._stack = contextlib.AsyncExitStack()
         # Sinks outlive the sources: they are closed last, after in-flight utterances had their say.
@@ -95,7 +97,10 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         if self.metrics is not None:
             self.metrics.watch_connections(
-                lambda: self.server.active, lambda: self.server.connections_total, lambda: self.server.rejected_total
+                lambda: self.server.active,
+                lambda: self.server.connections_total,
+                lambda: self.server.rejected_total,
+                lambda: self.server.denied_total,
             )
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
@@ -168,34 +173,48 @@ class Daemon:
             self.vendor_states.failure(session.adapter.name, error.code, error.message, error.fatal)
 
     async def listener_answers(self, timeout: float = 1.0) -> bool:
-        """Whether our own Wyoming listener answers a describe (what Home Assistant does first)."""
-        from wyoming.client import AsyncClient
+        """Whether our own Wyoming listener answers (the watchdog's liveness check)."""
+        return await self.listener_state(timeout) is not None
+
+    async def listener_state(self, timeout: float = 1.0) -> str | None:
+        """How our own Wyoming listener answers a describe (what Home Assistant does first); ``None``: it does not.
+
+        With every session slot taken the answer is still ``info`` (or a ``busy`` error when refused connections
+        pile up too): the listener is alive, so liveness never waits for a free slot.
+        """
+        from wyoming.error import Error
+        from wyoming.event import async_read_event, async_write_event
         from wyoming.info import Describe, Info
 
         parsed = urlparse(self.settings.wyoming.uri)
-        uri = f"tcp://127.0.0.1:{self.port}" if parsed.scheme == "tcp" else self.settings.wyoming.uri
-        if parsed.scheme == "tcp" and parsed.hostname not in ("0.0.0.0", "::", "", None):
-            uri = f"tcp://{parsed.hostname}:{self.port}"
         try:
-            async with asyncio.timeout(timeout), AsyncClient.from_uri(uri) as client:
-                await client.write_event(Describe().event())
-                while (event := await client.read_event()) is not None:
+            async with asyncio.timeout(timeout), contextlib.AsyncExitStack() as stack:
+                if parsed.scheme == "tcp":
+                    host = parsed.hostname if parsed.hostname not in ("0.0.0.0", "::", "", None) else "127.0.0.1"
+                    reader, writer = await stack.enter_async_context(self.server.probe(str(host)))
+                else:
+                    reader, writer = await asyncio.open_unix_connection(parsed.path)
+                    stack.callback(writer.close)
+                await async_write_event(Describe().event(), writer)
+                while (event := await async_read_event(reader)) is not None:
                     if Info.is_type(event.type):
-                        return True
+                        return "answers describe"
+                    if Error.is_type(event.type) and Error.from_event(event).code == "busy":
+                        return "busy (every session slot is taken)"
         except (OSError, TimeoutError):
-            return False
-        return False
+            return None
+        return None
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         """Healthy: the listener answers describe and no vendor is rejecting us or down."""
-        listening = await self.listener_answers()
+        state = await self.listener_state()
         detail: dict[str, Any] = {
-            "wyoming": "answers describe" if listening else "no answer to describe",
+            "wyoming": state or "no answer to describe",
             "utterances_in_flight": len(self.context.sessions),
             "connections": self.server.active,
             "vendors": self.vendor_states.snapshot(),
         }
-        return listening and self.vendor_states.healthy, detail
+        return state is not None and self.vendor_states.healthy, detail
 
     async def _start_outputs(self) -> None:
         events = self.settings.events

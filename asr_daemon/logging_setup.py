@@ -1,15 +1,60 @@
-"""Log output: human lines by default, JSON lines for log shippers; secrets masked in both."""
+"""Log output: human lines by default, JSON lines for log shippers; secrets masked in both.
+
+Under systemd (stderr is the journal's stream) each line starts with its syslog priority, ``<4>`` for a
+warning, which journald strips and stores, so ``journalctl -p warning`` filters; the human format then leaves
+the time out, as journald records it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from typing import TextIO
 
 from .redact import RedactingFilter
 
 _HUMAN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_HUMAN_JOURNAL = "%(levelname)-7s %(name)s: %(message)s"
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: error 3, warning 4, info 6, debug 7 (critical 2)."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal's stream systemd connected us to (``$JOURNAL_STREAM`` is device:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+class JournalPriorityFormatter(logging.Formatter):
+    """Prefixes every line of ``inner``'s text (a traceback's too) with the record's ``<priority>``."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return prefix + self._inner.format(record).replace("\n", "\n" + prefix)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +75,9 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "human") -> None:
     """Configure the root logger once (idempotent: replaces our own handler)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_HUMAN))
+    journal = writes_to_journal(sys.stderr)
+    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(_HUMAN_JOURNAL if journal else _HUMAN)
+    handler.setFormatter(JournalPriorityFormatter(formatter) if journal else formatter)
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):

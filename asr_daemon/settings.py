@@ -3,11 +3,12 @@
 Environment variables use the ``ASR_DAEMON_`` prefix and ``__`` for nesting
 (``ASR_DAEMON_VENDORS__AMIVOICE__API_KEY``). Secrets may also come from files: ``api_key_file``, or a systemd
 credential named ``<vendor>_api_key`` (``mqtt_password`` for the broker) in ``$CREDENTIALS_DIRECTORY``. A bad
-value stops start-up with the key, the value and what was expected.
+value stops start-up with the key, what was expected and the value (unless it may be a secret).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -16,11 +17,12 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .credentials import CredentialFileError, resolve_secret
 from .redact import redact, register_secret
 from .resilience.policy import ResiliencePolicy
+from .setup_check import LOCAL_INSTALL_HINT
 from .vendors import registry
 from .vendors.base import VendorSettings
 
@@ -29,6 +31,19 @@ ENV_PREFIX = "ASR_DAEMON_"
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names each bad key."""
+
+
+# Who may connect by default: this host, and the private, link-local and unique-local ranges of a LAN.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+)
 
 
 class WyomingSettings(BaseModel):
@@ -50,6 +65,26 @@ class WyomingSettings(BaseModel):
     idle_timeout: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds a connection may stay silent before it is closed"
     )
+    allow: list[str] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS),
+        description="Client networks (CIDRs) allowed to connect over TCP; others are closed at accept "
+        "(default: loopback and private ranges; 0.0.0.0/0 and ::/0 allow any)",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"wyoming.allow: {value!r} is not a network; expected a CIDR such as 192.168.1.0/24 or fd00::/8"
+                ) from None
+        return values
+
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(value, strict=False) for value in self.allow]
 
     @field_validator("uri")
     @classmethod
@@ -317,6 +352,15 @@ def _is_secret_key(key: str) -> bool:
     return key in {"api_key", "password", "access_key", "app_key", "secret", "token"} or key.endswith("_key")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the excerpt of the file PyYAML quotes (that line may hold a key)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{exc.problem or exc.context or 'syntax error'}"
+    return type(exc).__name__
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """The YAML config file, with errors that name the file and line."""
 
@@ -332,7 +376,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -367,6 +411,9 @@ def load_settings(config: Path | None = None, overrides: dict[str, Any] | None =
         settings: Settings = _Loaded(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, config)) from None
+    except SettingsError as exc:
+        # An environment variable that is not valid JSON for a nested key; the message names it, not its value.
+        raise ConfigError(f"invalid configuration: {exc}") from None
     _embed_local_engine(settings)
     _resolve_secrets(settings)
     _check_routes(settings)
@@ -389,18 +436,56 @@ def _embed_local_engine(settings: Settings) -> None:
         setattr(settings.vendors, name, registry.adapter_class(name).settings_model.model_validate({}))
 
 
+# Parts of a key name that mark its value as a secret (or a likely misspelling of one).
+_SECRET_KEY_PARTS = ("key", "pass", "pwd", "token", "secret", "auth", "credential", "cookie", "signature")
+
+
+_SECTION_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _looks_secret(key: str) -> bool:
+    folded = key.lower().replace("-", "").replace("_", "")
+    return any(part in folded for part in _SECRET_KEY_PARTS)
+
+
+def _shown_value(value: Any) -> str | None:
+    """``value`` as an error message may show it, or None when it must stay hidden.
+
+    Only scalars are shown: a mapping or list may hold a secret under any name. Strings go through ``redact()``
+    for the carriers it knows (``token=`` in URLs) and are cut short.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        shown = redact(repr(value))
+        return shown if len(shown) <= 80 else shown[:77] + "..."
+    return None
+
+
 def format_validation_error(exc: ValidationError, config: Path | None) -> str:
+    """One line per bad key: the key, the value where it is safe to show, and what was expected.
+
+    This runs before any secret is registered for masking, so a value is shown only for a known key whose name
+    does not look secret: an unknown key may be a misspelt secret (``apikey:``, ``passwd:``), and a scalar where
+    a section belongs may be a key written one level too high (``vendors: {amivoice: KEY}``).
+    """
     source = f" in {config}" if config else ""
     lines = [f"invalid configuration{source}:"]
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        shown = redact(repr(error.get("input")))
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        parts = [str(part) for part in error["loc"]]
+        key = ".".join(parts)
         if error["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {shown})")
-        elif error["type"] == "missing":
+            lines.append(f"  {key}: unknown key (its value is not shown: it may be a secret)")
+            continue
+        if error["type"] == "missing":
             lines.append(f"  {key}: required but missing")
+            continue
+        # A scalar where a section belongs is a misplaced setting: it may be a key written one level too high.
+        hidden = error["type"] in _SECTION_ERRORS or any(_looks_secret(part) for part in parts)
+        shown = None if hidden else _shown_value(error.get("input"))
+        if shown is None:
+            what = "value not shown" if hidden else f"a {type(error.get('input')).__name__}"
+            lines.append(f"  {key} ({what}): {error['msg']}")
         else:
             lines.append(f"  {key} = {shown}: {error['msg']}")
     return "\n".join(lines)
@@ -429,7 +514,7 @@ def _check_routes(settings: Settings) -> None:
     for key in ("default_vendor", "fallback_vendor"):
         value = getattr(settings, key)
         if value is not None and value not in vendors:
-            hint = " (the local engine needs: pip install 'asr-daemon[local]')" if value == "local" else ""
+            hint = f" (install the offline engine: {LOCAL_INSTALL_HINT})" if value == "local" else ""
             raise ConfigError(f"{key} = {value!r}: expected one of the configured vendors ({known}){hint}")
     mic = settings.mic
     if mic.enabled and mic.vendor is not None and mic.vendor not in vendors:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from asr_daemon.vendors.amivoice.codec import AmiVoiceCodec, quote_value, s_command, split_message
 from asr_daemon.vendors.base import (
     PCM16K,
+    RESULT_CHARS,
+    TRUNCATED,
     FinalResult,
     PartialResult,
     StreamCompleted,
@@ -395,3 +397,23 @@ def test_receive_never_raises_and_returns_events(messages: list[str | bytes], en
             assert isinstance(event, StreamReady | PartialResult | FinalResult | StreamCompleted | VendorError)
         if any(isinstance(event, StreamCompleted) for event in events):
             assert codec.completed and ended
+
+
+def test_what_the_vendor_says_is_bounded_and_the_cut_is_marked() -> None:
+    huge = "x" * 1_000_000
+    for message in (f"s received {huge}", f"p received {huge}", f"e {huge}",
+                    "A " + json.dumps({"code": huge, "message": huge})):
+        [error] = ready_codec().receive(message)
+        assert isinstance(error, VendorError)
+        assert len(error.message) < 400 and error.message.endswith("…")
+        assert error.code is None or len(error.code) <= 16
+    # Transcripts too: a final or partial past RESULT_CHARS is cut and ends with the marker.
+    [result] = ready_codec().receive(final(huge, 0, 10))
+    assert isinstance(result, FinalResult)
+    assert len(result.text) == RESULT_CHARS and result.text.endswith(TRUNCATED)
+    assert result.text.startswith("x" * 1000)
+    [partial] = ready_codec().receive("U " + json.dumps({"text": huge}))
+    assert isinstance(partial, PartialResult) and len(partial.text) == RESULT_CHARS
+    # Text within the bound is kept as it is.
+    [result] = ready_codec().receive(final("y" * RESULT_CHARS, 0, 10))
+    assert isinstance(result, FinalResult) and result.text == "y" * RESULT_CHARS

@@ -172,3 +172,14 @@ async def test_health_command_against_a_running_daemon(emulator: AmiVoiceEmulato
                                                stderr=asyncio.subprocess.PIPE)
     await bad.communicate()
     assert bad.returncode == 1
+
+
+def test_run_logs_what_check_reports_and_refuses_a_vendor_without_a_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("vendors:\n  zyun360: {}\n")
+    done = subprocess.run([*CLI, "run", "--config", str(config), "--uri", f"tcp://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=30, env=clean_env())
+    assert done.returncode == 2
+    assert "vendors.zyun360.api_key: no API key" in done.stderr
+    assert "vendors.zyun360.url: ws://" in done.stderr  # the unencrypted default is warned about too
+    assert "not starting" in done.stderr

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from asr_daemon.redact import register_secret
 from asr_daemon.vendors.base import (
     PCM16K,
+    RESULT_CHARS,
+    TRUNCATED,
     FinalResult,
     PartialResult,
     StreamCompleted,
@@ -271,3 +273,12 @@ def test_receive_never_raises_and_keeps_its_promises(
     if completions:
         assert completions[0] == len(events) - 1
         assert codec.completed
+
+
+def test_a_runaway_hypothesis_is_bounded_and_the_cut_is_marked() -> None:
+    codec = started()
+    [partial] = codec.receive(result("Sentence", "ก" * (3 * RESULT_CHARS)))
+    [final, _] = codec.receive(result("NewSentence", "ข"))
+    for event in (partial, final):
+        assert isinstance(event, PartialResult | FinalResult)
+        assert len(event.text) == RESULT_CHARS and event.text.endswith(TRUNCATED)

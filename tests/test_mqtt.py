@@ -18,7 +18,7 @@ import pytest
 
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
-from asr_daemon.events import EventKind
+from asr_daemon.events import AsrEvent, EventKind
 from asr_daemon.sinks.mqtt import SENSOR_MAX_CHARS
 from tests.support.daemon import running_daemon
 from tests.support.mosquitto import Mosquitto, free_port, have_mosquitto
@@ -318,3 +318,26 @@ async def test_password_from_a_systemd_credential(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     settings = load_settings(None, {"mqtt": {"host": "127.0.0.1"}})
     assert settings.mqtt.password is not None and settings.mqtt.password.get_secret_value() == "cred-pass-42"
+
+
+async def test_a_malformed_spool_record_is_set_aside_and_the_finals_behind_it_are_delivered(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    topic = f"{BASE}/transcript"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = AsrEvent(EventKind.TRANSCRIPT, source="wyoming:test", text="after the bad ones").to_dict()
+    records = [
+        {key: value for key, value in good.items() if key != "kind"},  # no kind
+        {**good, "time": "yesterday"},
+        good,
+    ]
+    for seq, record in enumerate(records, 1):
+        (spool / f"{seq:012d}.json").write_text(json.dumps(record))
+    async with Watcher(broker, topic) as consumer, running_daemon(mqtt_config(broker, tmp_path)) as daemon:
+        await consumer.wait_for(lambda w: len(w.on(topic)) >= 1)
+        assert daemon.mqtt is not None and daemon.mqtt.connections == 1  # no reconnecting over it
+    [payload] = consumer.payloads(topic)
+    assert payload["id"] == good["id"] and payload["text"] == "after the bad ones"
+    assert not list(spool.glob("*.json"))
+    assert sorted(p.name for p in (spool / "rejected").iterdir()) == ["000000000001.json", "000000000002.json"]

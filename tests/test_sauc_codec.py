@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from asr_daemon.redact import register_secret
 from asr_daemon.vendors.base import (
+    RESULT_CHARS,
+    TRUNCATED,
     FinalResult,
     PartialResult,
     StreamCompleted,
@@ -401,3 +403,13 @@ def test_receive_never_raises_and_returns_events(messages: list[str | bytes]) ->
         if any(isinstance(e, StreamCompleted) for e in events):
             assert codec.completed
     assert isinstance(codec.connection_closed(None, ""), list)
+
+
+def test_a_runaway_utterance_is_bounded_and_the_cut_is_marked() -> None:
+    codec = started()
+    huge = "天" * (3 * RESULT_CHARS)
+    [partial] = codec.receive(response(result(utterance(huge, False, 0, 100))))
+    [final] = codec.receive(response(result(utterance(huge, True, 0, 200)), sequence=3))
+    for event in (partial, final):
+        assert isinstance(event, PartialResult | FinalResult)
+        assert len(event.text) == RESULT_CHARS and event.text.endswith(TRUNCATED)

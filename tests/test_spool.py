@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_daemon.sinks.spool import Spool
+from asr_daemon.sinks.spool import MAX_REJECTED, Spool
 
 
 def opened(path: Path, **bounds: int) -> Spool:
@@ -66,4 +66,21 @@ def test_a_torn_write_and_a_corrupt_record_are_skipped(tmp_path: Path) -> None:
     again = opened(tmp_path)
     assert [r["n"] for r in drain(again)] == [2]
     assert again.dropped == 1
-    assert list(tmp_path.iterdir()) == []
+    # The corrupt file is kept aside for inspection, out of the queue.
+    assert [p.name for p in tmp_path.iterdir()] == ["rejected"]
+    assert (tmp_path / "rejected" / "000000000001.json").read_text() == "{not json"
+
+
+def test_a_record_its_consumer_cannot_use_is_set_aside_and_the_next_comes_up(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    for n in range(MAX_REJECTED + 3):
+        spool.append({"n": n})
+    for _ in range(MAX_REJECTED + 2):
+        head = spool.peek()
+        assert head is not None
+        spool.set_aside(head[0], "not what the consumer expects")
+    assert [r["n"] for r in drain(spool)] == [MAX_REJECTED + 2]
+    # Set-aside records are bounded: the newest are kept.
+    kept = sorted(p.name for p in (tmp_path / "rejected").iterdir())
+    assert len(kept) == MAX_REJECTED and kept[-1] == f"{MAX_REJECTED + 2:012d}.json"
+    assert len(opened(tmp_path)) == 0  # a restart does not bring them back

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from asr_daemon.redact import register_secret
 from asr_daemon.vendors.base import (
+    RESULT_CHARS,
+    TRUNCATED,
     FinalResult,
     PartialResult,
     StreamCompleted,
@@ -375,3 +377,9 @@ def test_receive_never_raises_on_mutated_vendor_messages(data: st.DataObject) ->
         text = text[:cut]
     check(started(), text)
     check(started(), text.encode("utf-8"))
+
+
+def test_a_runaway_transcript_is_bounded_and_the_cut_is_marked() -> None:
+    [event] = started().receive(final("x" * (3 * RESULT_CHARS)))
+    assert isinstance(event, FinalResult)
+    assert len(event.text) == RESULT_CHARS and event.text.endswith(TRUNCATED)

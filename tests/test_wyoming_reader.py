@@ -295,7 +295,7 @@ async def test_idle_limit_counts_events_taken_on_the_spot() -> None:
 
 
 async def test_reading_pauses_while_too_many_events_wait_and_resumes_as_they_are_read() -> None:
-    reader = EventStreamReader(4096)
+    reader = EventStreamReader(1 << 20)  # room for the bytes: the number of events is what pauses
     transport = FakeTransport()
     reader.set_transport(transport)  # type: ignore[arg-type]
     reader.feed_data(wire(*[Describe().event()] * (MAX_QUEUED_EVENTS + 1)))

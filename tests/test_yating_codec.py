@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from asr_daemon.vendors.base import (
     PCM16K,
+    RESULT_CHARS,
+    TRUNCATED,
     FinalResult,
     PartialResult,
     StreamCompleted,
@@ -285,3 +287,13 @@ def test_mutated_valid_messages_never_raise(message: str, data: st.DataObject) -
     codec = ready_codec()
     assert_events(codec.receive(raw.decode("utf-8", "replace")))
     assert_events(codec.receive(bytes(raw)))
+
+
+def test_a_runaway_sentence_is_bounded_and_the_cut_is_marked() -> None:
+    codec = ready_codec()
+    huge = "好" * (3 * RESULT_CHARS)
+    [partial] = codec.receive(json.dumps({"pipe": {"asr_final": False, "asr_sentence": huge}}))
+    [final] = codec.receive(json.dumps({"pipe": {"asr_final": True, "asr_sentence": huge}}))
+    for event in (partial, final):
+        assert isinstance(event, PartialResult | FinalResult)
+        assert len(event.text) == RESULT_CHARS and event.text.endswith(TRUNCATED)

@@ -220,9 +220,7 @@ class YatingEmulator(Emulator):
             self._logger.warning("protocol violation in token request: %s", text)
         return status, document
 
-    def _grant(
-        self, request: TokenRequest, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
+    def _grant(self, request: TokenRequest, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         index = len(self.token_requests) - 1
         faulty = self.options.fault_streams == 0 or index < self.options.fault_streams
         if self.options.fault is Fault.ERROR_AT_START and self.start_error == "http" and faulty:
@@ -309,9 +307,7 @@ class YatingEmulator(Emulator):
                 return
         await self._after_eof(connection, record)
 
-    async def _early_messages(
-        self, connection: ServerConnection, record: StreamRecord
-    ) -> list[str | bytes] | None:
+    async def _early_messages(self, connection: ServerConnection, record: StreamRecord) -> list[str | bytes] | None:
         """What the client sends while the pipeline starts (None when that ended the stream)."""
         early: list[str | bytes] = []
         deadline = time.monotonic() + self.greeting_delay
@@ -395,9 +391,7 @@ class YatingEmulator(Emulator):
 class _ResultStream:
     """Turns audio into Yating ``pipe`` messages for one connection."""
 
-    def __init__(
-        self, connection: ServerConnection, record: StreamRecord, recognizer: ScriptedRecognizer
-    ) -> None:
+    def __init__(self, connection: ServerConnection, record: StreamRecord, recognizer: ScriptedRecognizer) -> None:
         self._connection = connection
         self._record = record
         self._recognizer = recognizer

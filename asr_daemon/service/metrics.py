@@ -55,11 +55,15 @@ class Metrics:
         )
 
     def watch_connections(
-        self, active: Callable[[], int], total: Callable[[], int], refused: Callable[[], int]
+        self,
+        active: Callable[[], int],
+        total: Callable[[], int],
+        refused: Callable[[], int],
+        denied: Callable[[], int] = lambda: 0,
     ) -> None:
         """Connection figures are read from the listener when scraped."""
         self.sessions_active.set_function(active)
-        self.registry.register(_ConnectionCounters(total, refused))
+        self.registry.register(_ConnectionCounters(total, refused, denied))
 
     def observe(self, session: Session, result: Transcript | None, error: SessionError | None) -> str:
         """Record one finished utterance; returns its outcome label."""
@@ -84,10 +88,14 @@ class Metrics:
 
 
 class _ConnectionCounters(Collector):
-    def __init__(self, total: Callable[[], int], refused: Callable[[], int]) -> None:
+    def __init__(self, total: Callable[[], int], refused: Callable[[], int], denied: Callable[[], int]) -> None:
         self._total = total
         self._refused = refused
+        self._denied = denied
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("asr_sessions", "Client connections accepted", value=self._total())
         yield CounterMetricFamily("asr_sessions_refused", "Connections refused (max_sessions)", value=self._refused())
+        yield CounterMetricFamily(
+            "asr_connections_denied", "Connections closed at accept: peer outside wyoming.allow", value=self._denied()
+        )

@@ -2,7 +2,7 @@
 
 The watchdog task pings only after proving two things: the event loop runs (the task itself is scheduled by
 it, so a wedged loop sends nothing and systemd restarts the service) and the Wyoming listener answers a
-describe on its own port.
+describe on its own port (also with every session slot taken: a refused connection still gets an answer).
 """
 
 from __future__ import annotations

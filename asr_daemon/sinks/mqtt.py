@@ -89,6 +89,36 @@ class Topics:
         self.sensor_config = f"{settings.discovery_prefix}/sensor/{self.node}/last_transcript/config"
 
 
+# A spooled final's fields and the types its payloads need (the file may have been edited, or be damaged).
+_SPOOLED_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "source": (str,),
+    "time": (int, float),
+    "text": (str, type(None)),
+    "session": (str, type(None)),
+    "vendor": (str, type(None)),
+    "language": (str, type(None)),
+    "engine": (str, type(None)),
+    "started": (int, float, type(None)),
+    "ended": (int, float, type(None)),
+    "audio_seconds": (int, float, type(None)),
+    "latency": (int, float, type(None)),
+}
+
+
+def spooled_final(record: dict[str, Any]) -> AsrEvent:
+    """A final transcript event read back from the spool; ``ValueError`` says why a record is not one."""
+    if record.get("kind") != EventKind.TRANSCRIPT.value:
+        raise ValueError("it is not a transcript event (its 'kind' is missing or another)")
+    for key, types in _SPOOLED_TYPES.items():
+        value = record.get(key)
+        if key in ("id", "source", "time") and value is None:
+            raise ValueError(f"its {key!r} is missing")
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"its {key!r} is not a {' or '.join(t.__name__ for t in types if t is not type(None))}")
+    return AsrEvent.from_dict(record)
+
+
 def transcript_payload(event: AsrEvent) -> bytes:
     """A final on ``<base>/transcript``: the event, plus ``event_type`` for Home Assistant's event entity."""
     data = event.to_dict()
@@ -334,7 +364,12 @@ class MqttSink:
                 head = await asyncio.to_thread(self.spool.peek)
                 if head is not None:
                     seq, record = head
-                    event = AsrEvent.from_dict(record)
+                    try:
+                        event = spooled_final(record)
+                    except ValueError as exc:
+                        # Publishing it would fail the same way on every reconnection.
+                        await asyncio.to_thread(self.spool.set_aside, seq, str(exc))
+                        continue
                     await client.publish(topics.transcript, transcript_payload(event), qos=1)
                     await client.publish(topics.last_transcript, last_transcript_payload(event), qos=1, retain=True)
                     await asyncio.to_thread(self.spool.remove, seq)

@@ -5,6 +5,10 @@ temporary name, synced and renamed, so a crash leaves either the whole record or
 directory back at start restores the order. When the spool is full (``max_items`` records or ``max_bytes``)
 the oldest record is dropped, with a warning: the newest transcripts are the ones worth keeping.
 
+A record that cannot be read back (a corrupt file) or that its consumer cannot use (``set_aside``) is moved to
+``rejected/`` inside the spool, logged once, and the records behind it go on: one bad file never blocks the
+queue. ``rejected/`` keeps the newest ``MAX_REJECTED`` files for inspection.
+
 The methods do blocking file I/O; call them from a worker thread (``asyncio.to_thread``). They are
 thread-safe.
 """
@@ -23,6 +27,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _SUFFIX = ".json"
 _DIGITS = 12
+REJECTED = "rejected"
+MAX_REJECTED = 100
 
 
 class Spool:
@@ -112,12 +118,15 @@ class Spool:
                     if not isinstance(record, dict):
                         raise ValueError("not a JSON object")
                 except (OSError, ValueError) as exc:
-                    _LOGGER.error("spool %s: record %d is unreadable (%s); dropped", self.directory, seq, exc)
-                    self._remove_locked(seq)
-                    self.dropped += 1
+                    self._set_aside_locked(seq, f"it is unreadable ({exc})")
                     continue
                 return seq, record
             return None
+
+    def set_aside(self, seq: int, reason: str) -> None:
+        """Move a record its consumer cannot use to ``rejected/`` so that the next one comes up."""
+        with self._lock:
+            self._set_aside_locked(seq, reason)
 
     def remove(self, seq: int) -> None:
         """Forget a record once it was delivered."""
@@ -132,6 +141,24 @@ class Spool:
 
     def _path(self, seq: int) -> Path:
         return self.directory / f"{seq:0{_DIGITS}d}{_SUFFIX}"
+
+    def _set_aside_locked(self, seq: int, reason: str) -> None:
+        if seq not in self._entries:
+            return
+        rejected = self.directory / REJECTED
+        path = self._path(seq)
+        try:
+            rejected.mkdir(exist_ok=True, mode=0o700)
+            path.replace(rejected / path.name)
+            kept = sorted(rejected.glob(f"*{_SUFFIX}"))
+            for old in kept[: max(0, len(kept) - MAX_REJECTED)]:
+                old.unlink(missing_ok=True)
+            where = f"moved to {rejected}"
+        except OSError as exc:
+            where = f"dropped ({exc.strerror or exc})"
+        _LOGGER.error("spool %s: record %d is skipped: %s; %s", self.directory, seq, reason, where)
+        self._remove_locked(seq)
+        self.dropped += 1
 
     def _remove_locked(self, seq: int) -> None:
         size = self._entries.pop(seq, None)

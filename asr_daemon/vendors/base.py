@@ -193,6 +193,17 @@ def quote_vendor_text(text: str) -> str:
     return flat if len(flat) <= QUOTE_CHARS else flat[: QUOTE_CHARS - 1] + "…"
 
 
+# The most text one result may carry. A minute of fast speech is ~1,500 characters; a longer result is a vendor
+# misbehaving, and the daemon keeps no more of it than this.
+RESULT_CHARS = 10_000
+TRUNCATED = "…[truncated]"
+
+
+def bounded_result(text: str) -> str:
+    """``text`` cut to ``RESULT_CHARS``, ending in ``TRUNCATED`` when it was cut."""
+    return text if len(text) <= RESULT_CHARS else text[: RESULT_CHARS - len(TRUNCATED)] + TRUNCATED
+
+
 def json_object(text: str | bytes) -> dict[str, Any] | None:
     """``text`` as a JSON object, or None when it is not one."""
     try:
@@ -270,6 +281,14 @@ class VendorAdapter(ABC):
         """Values that must never appear in logs or error messages."""
         key = self.settings.key()
         return [key] if key else []
+
+    def has_credentials(self) -> bool:
+        """Whether a key is configured (the vendor refuses every stream without one)."""
+        return bool(self.settings.key())
+
+    def secret_carrying_urls(self) -> dict[str, str]:
+        """Setting name under ``vendors.<name>`` → the URL it resolves to, for every URL a secret travels to."""
+        return {"url": self.endpoint}
 
     @abstractmethod
     async def prepare(self, options: StreamOptions) -> ConnectRequest:

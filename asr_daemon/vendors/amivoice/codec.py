@@ -35,7 +35,9 @@ from ..base import (
     StreamReady,
     VendorError,
     VendorEvent,
+    bounded_result,
     json_object,
+    quote_vendor_text,
 )
 
 # Headerless signed 16-bit little-endian 16 kHz: exactly what the session delivers.
@@ -43,6 +45,8 @@ AUDIO_FORMAT_LSB16K = "LSB16K"
 # The dummy token AmiVoice appends to every interim result.
 _DUMMY_TOKEN = "..."
 _AUDIO_TAG = b"p"
+# AmiVoice's result codes are one character; anything longer is cut to this.
+CODE_CHARS = 16
 
 
 def quote_value(value: str) -> str:
@@ -134,22 +138,23 @@ class AmiVoiceCodec(StreamCodec):
         self._failed = True
         transient = error.startswith("can't")
         hint = " (check vendors.amivoice.api_key)" if "authorization" in error else ""
-        return [VendorError(f"AmiVoice refused the stream: {error}{hint}", fatal=not transient)]
+        return [VendorError(f"AmiVoice refused the stream: {quote_vendor_text(error)}{hint}", fatal=not transient)]
 
     def _on_audio_reply(self, error: str) -> list[VendorEvent]:
         if not error:  # the vendor sends no success reply to p; tolerate one
             return []
         self._failed = True
-        return [VendorError(f"AmiVoice refused the audio: {error}", fatal=error.startswith("received"))]
+        shown = quote_vendor_text(error)
+        return [VendorError(f"AmiVoice refused the audio: {shown}", fatal=error.startswith("received"))]
 
     def _on_end_reply(self, error: str) -> list[VendorEvent]:
         if not self.ended:
             self._failed = True
-            detail = error or "an unexpected e packet"
+            detail = quote_vendor_text(error) if error else "an unexpected e packet"
             return [VendorError(f"AmiVoice ended the session before the end of audio: {detail}")]
         if error:
             self._failed = True
-            return [VendorError(f"AmiVoice failed to finish the stream: {error}")]
+            return [VendorError(f"AmiVoice failed to finish the stream: {quote_vendor_text(error)}")]
         self.completed = True
         return [StreamCompleted()]
 
@@ -159,7 +164,7 @@ class AmiVoiceCodec(StreamCodec):
         if document is None:
             return []
         text = _interim_text(document)
-        return [PartialResult(text)] if text else []
+        return [PartialResult(bounded_result(text))] if text else []
 
     def _on_final(self, body: str) -> list[VendorEvent]:
         document = json_object(body)
@@ -168,11 +173,11 @@ class AmiVoiceCodec(StreamCodec):
         code = _string(document.get("code"))
         message = _string(document.get("message"))
         if code or message:
-            shown = message or f"recognition failed with code {code!r}"
+            shown = quote_vendor_text(message or f"recognition failed with code {code!r}")
             return [
                 VendorError(
                     f"AmiVoice recognition failed: {shown}",
-                    code or None,
+                    quote_vendor_text(code[:CODE_CHARS]) or None,
                     fatal=message.startswith("received"),
                 )
             ]
@@ -181,7 +186,8 @@ class AmiVoiceCodec(StreamCodec):
         if not text.strip():
             # An utterance with nothing recognisable in it (noise, a cough): no segment.
             return []
-        return [FinalResult(text, _milliseconds(result.get("starttime")), _milliseconds(result.get("endtime")))]
+        start, end = _milliseconds(result.get("starttime")), _milliseconds(result.get("endtime"))
+        return [FinalResult(bounded_result(text), start, end)]
 
 
 # -------------------------------------------------------------------------------------------------------

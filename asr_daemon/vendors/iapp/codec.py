@@ -21,6 +21,7 @@ from ..base import (
     StreamCompleted,
     VendorError,
     VendorEvent,
+    bounded_result,
     json_message,
     quote_vendor_text,
 )
@@ -91,13 +92,13 @@ class IAppCodec(StreamCodec):
         if text == (self._sentence or ""):
             return []
         self._sentence = text
-        return [PartialResult(text)]
+        return [PartialResult(bounded_result(text))]
 
     def _close_sentence(self) -> list[VendorEvent]:
         text, self._sentence = self._sentence, None
         if text is None or not text.strip():
             return []
-        return [FinalResult(text)]
+        return [FinalResult(bounded_result(text))]
 
     def _complete(self) -> list[VendorEvent]:
         self.completed = True

@@ -103,6 +103,12 @@ class LocalAdapter(VendorAdapter):
             # Validation normally catches this first; a grammar that broke since is reported per utterance.
             self._problem = f"vendors.local: {exc}"
 
+    def has_credentials(self) -> bool:
+        return True
+
+    def secret_carrying_urls(self) -> dict[str, str]:
+        return {}
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why the engine cannot run in this installation (pocketsphinx missing); None when it can."""

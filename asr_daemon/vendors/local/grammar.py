@@ -21,9 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ...setup_check import LOCAL_INSTALL_HINT
+
 # The acoustic model, dictionary and language model inside the wheel: US English.
 MODEL_LANGUAGE = "en-us"
-INSTALL_HINT = "pip install 'asr-daemon[local]' (or pip install pocketsphinx)"
 
 # Name of the grammar built from ``phrases`` and of the rules added to a grammar file.
 PHRASES_GRAMMAR = "asr_daemon"
@@ -76,7 +77,7 @@ def model_paths() -> ModelPaths:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise EngineUnavailable(f"the local engine needs the pocketsphinx package: {INSTALL_HINT}")
+        raise EngineUnavailable(f"the local engine needs the pocketsphinx package: {LOCAL_INSTALL_HINT}")
     base = Path(next(iter(spec.submodule_search_locations))) / "model" / MODEL_LANGUAGE
     paths = ModelPaths(base / MODEL_LANGUAGE, base / "cmudict-en-us.dict", base / "en-us.lm.bin")
     for path in (paths.acoustic / "mdef", paths.dictionary, paths.language_model):
@@ -90,7 +91,8 @@ def import_pocketsphinx() -> Any:
     try:
         import pocketsphinx
     except ImportError as exc:
-        raise EngineUnavailable(f"the local engine needs the pocketsphinx package ({exc}): {INSTALL_HINT}") from None
+        needed = f"the local engine needs the pocketsphinx package ({exc}): {LOCAL_INSTALL_HINT}"
+        raise EngineUnavailable(needed) from None
     return pocketsphinx
 
 

@@ -41,6 +41,7 @@ from ..base import (
     StreamCompleted,
     VendorError,
     VendorEvent,
+    bounded_result,
 )
 
 PROTOCOL_VERSION = 0b0001
@@ -402,15 +403,15 @@ class SaucCodec(StreamCodec):
             if open_text.strip():
                 start = _ms(open_parts[0].get("start_time")) if open_parts else None
                 end = _ms(open_parts[-1].get("end_time")) if open_parts else None
-                events.append(FinalResult(open_text, start, end))
-                self._final_texts.append(open_text)
+                events.append(FinalResult(bounded_result(open_text), start, end))
+                self._final_texts.append(bounded_result(open_text))
             self._partial = ""
             self.completed = True
             events.append(StreamCompleted())
         elif open_text != self._partial:
             self._partial = open_text
             if open_text.strip():
-                events.append(PartialResult(open_text))
+                events.append(PartialResult(bounded_result(open_text)))
         return events
 
     def _definite(self, utterance: dict[str, Any], index: int) -> FinalResult | None:
@@ -421,7 +422,7 @@ class SaucCodec(StreamCodec):
         if key in self._emitted:
             return None
         self._emitted.add(key)
-        text = _text(utterance)
+        text = bounded_result(_text(utterance))
         if not text.strip():
             return None
         self._final_texts.append(text)

@@ -85,6 +85,10 @@ class TiroAdapter(VendorAdapter):
             word_time_offsets=settings.word_time_offsets,
         )
 
+    def has_credentials(self) -> bool:
+        # A token written into ``url`` by hand works as well as ``api_key``.
+        return bool(self.settings.key() or token_in(self.endpoint))
+
     def secrets(self) -> list[str]:
         # A token written into ``url`` by hand is as secret as ``api_key``.
         found = [*super().secrets(), token_in(self.settings.url or "")]

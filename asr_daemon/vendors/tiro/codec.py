@@ -25,6 +25,7 @@ from ..base import (
     StreamCompleted,
     VendorError,
     VendorEvent,
+    bounded_result,
 )
 
 # google.rpc.Code numbers and names (grpc-gateway sends the number; names are accepted too).
@@ -230,7 +231,7 @@ def _result_event(result: dict[str, object]) -> VendorEvent | None:
     if not isinstance(best, dict):
         return None
     transcript = best.get("transcript")
-    text = transcript.strip() if isinstance(transcript, str) else ""
+    text = bounded_result(transcript.strip()) if isinstance(transcript, str) else ""
     if not _truthy(result.get("isFinal", result.get("is_final"))):
         return PartialResult(text)
     start_ms, end_ms = _word_span(best.get("words"))

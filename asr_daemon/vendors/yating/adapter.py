@@ -122,6 +122,10 @@ class YatingAdapter(VendorAdapter):
         # Pings: the vendor documents no keepalive, and a long microphone stream must notice a dead link.
         return ConnectRequest(url=with_token(self.endpoint, token), ping_interval=20.0, ping_timeout=20.0)
 
+    def secret_carrying_urls(self) -> dict[str, str]:
+        # The API key goes to token_url; the one-time token it buys goes to url.
+        return {"url": self.endpoint, "token_url": self.yating.token_url}
+
     def new_codec(self, options: StreamOptions) -> YatingCodec:
         # Language, model and phrases are all fixed by the token's pipeline; the stream itself takes none.
         return YatingCodec()

@@ -25,6 +25,7 @@ from ..base import (
     StreamReady,
     VendorError,
     VendorEvent,
+    bounded_result,
     json_message,
     quote_vendor_text,
 )
@@ -114,12 +115,12 @@ class YatingCodec(StreamCodec):
         events: list[VendorEvent] = []
         sentence = pipe.get("asr_sentence")
         if pipe.get("asr_final") is True:
-            text = sentence.strip() if isinstance(sentence, str) else ""
+            text = bounded_result(sentence.strip()) if isinstance(sentence, str) else ""
             self._partial = ""
             events.append(FinalResult(text, _ms(pipe.get("asr_begin_time")), _ms(pipe.get("asr_end_time"))))
         elif isinstance(sentence, str) and sentence != self._partial:
             self._partial = sentence
-            events.append(PartialResult(sentence))
+            events.append(PartialResult(bounded_result(sentence)))
         # ``asr_state`` (first_chunk_received, utterance_begin/end) only marks progress: nothing to report.
         if pipe.get("asr_eof") is True:
             self.completed = True
