@@ -4,6 +4,7 @@ can prove that no key used anywhere in the suite was ever written into a log mes
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,3 +44,17 @@ def all_daemon_logs() -> Iterator[Path]:
         logger.removeHandler(capture)
         logger.setLevel(previous)
         capture.file.close()
+
+
+# A systemd notification socket the daemon under test writes READY/WATCHDOG datagrams to.
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    try:
+        yield sock, path
+    finally:
+        sock.close()

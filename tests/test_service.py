@@ -10,8 +10,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,18 +22,6 @@ from tests.support.speech import have_speech_tools, utterance
 from tests.support.wyoming import transcribe
 
 speech_needed = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.setblocking(False)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
 
 
 async def datagrams(sock: socket.socket, until: float) -> list[tuple[float, str]]:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from asr_daemon.sources.wyoming_reader import EventBuffer, EventStreamReader
 from asr_daemon.sources.wyoming_server import address_allowed
 from tests import hostile
 from tests.support.daemon import running_daemon
+from tests.support.streams import FakeTransport
 from tests.support.wyoming import wire
 
 # -- slow bytes -----------------------------------------------------------------------------------------
@@ -69,17 +69,6 @@ def test_a_data_block_is_held_to_its_own_much_smaller_limit() -> None:
     buffer.feed(json.dumps({"type": "describe", "data_length": 256 * 1024}).encode() + b"\n")
     assert list(buffer.events()) == [None]
     assert buffer.violation is not None and f"the limit is {wyoming_reader.MAX_DATA_BLOCK}" in buffer.violation
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 async def test_reading_pauses_once_waiting_events_hold_a_megabyte_not_after_64_of_them() -> None:
@@ -175,18 +164,6 @@ async def test_describe_is_answered_when_every_slot_is_taken() -> None:
         types = [event.type for event in answers]
         assert types[0] == "info", types  # Home Assistant keeps the entity
         assert Error.from_event(answers[-1]).code == "busy"
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.setblocking(False)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
 
 
 async def test_the_watchdog_and_healthz_stay_alive_with_every_slot_taken(

@@ -15,6 +15,7 @@ from wyoming.event import Event, async_read_event
 from wyoming.info import Describe
 
 from asr_daemon.sources.wyoming_reader import MAX_HEADER_LINE, MAX_QUEUED_EVENTS, EventBuffer, EventStreamReader
+from tests.support.streams import FakeTransport
 from tests.support.wyoming import wire
 
 
@@ -189,17 +190,6 @@ def test_malformed_headers_are_reported_as_the_wyoming_reader_reports_them() -> 
 
 
 # -- the connection's reader ----------------------------------------------------------------------------
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 async def test_reader_gives_events_in_order_then_none_at_the_end() -> None:

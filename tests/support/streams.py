@@ -1,4 +1,4 @@
-"""Reading a vendor stream's events in tests."""
+"""Reading a vendor stream's events, and a read transport for reader tests."""
 
 from __future__ import annotations
 
@@ -21,3 +21,15 @@ async def events_until_done(stream: EventSource, wait: float = 5.0) -> list[Vend
             events.append(event)
             if isinstance(event, StreamCompleted | VendorError):
                 return events
+
+
+class FakeTransport:
+    """A read transport that only records whether the reader paused it."""
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
