@@ -58,3 +58,13 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
         yield sock, path
     finally:
         sock.close()
+
+
+@pytest.fixture
+def watchdog_socket(notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch) -> socket.socket:
+    """The daemon started in this process is told to ping a watchdog every 0.2 s on the returned socket."""
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    return sock

@@ -79,13 +79,8 @@ async def test_ready_after_listening_watchdog_pings_and_stopping(notify_socket: 
             await daemon.wait()
 
 
-def test_a_wedged_event_loop_stops_the_watchdog_pings(
-    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sock, path = notify_socket
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+def test_a_wedged_event_loop_stops_the_watchdog_pings(watchdog_socket: socket.socket) -> None:
+    sock = watchdog_socket
     started = threading.Event()
     state: dict[str, Any] = {}
 

@@ -166,15 +166,10 @@ async def test_describe_is_answered_when_every_slot_is_taken() -> None:
         assert Error.from_event(answers[-1]).code == "busy"
 
 
-async def test_the_watchdog_and_healthz_stay_alive_with_every_slot_taken(
-    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_watchdog_and_healthz_stay_alive_with_every_slot_taken(watchdog_socket: socket.socket) -> None:
     from tests.test_service import datagrams, http_get
 
-    sock, path = notify_socket
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    sock = watchdog_socket
     config = {"wyoming": {"max_sessions": 2}, "health": {"port": 0}}
     async with running_daemon(config) as daemon, full_house(daemon.port, 2):
         assert daemon.port is not None and daemon.health is not None
