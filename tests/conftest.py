@@ -48,6 +48,7 @@ def all_daemon_logs() -> Iterator[Path]:
 
 # A systemd notification socket the daemon under test writes READY/WATCHDOG datagrams to.
 
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     path = str(tmp_path / "notify")

@@ -25,6 +25,7 @@ async def events_until_done(stream: EventSource, wait: float = 5.0) -> list[Vend
 
 class FakeTransport:
     """A read transport that only records whether the reader paused it."""
+
     def __init__(self) -> None:
         self.paused = False
 
