@@ -4,28 +4,33 @@ bounded, and the audio budget refuses clearly once spent. Through the daemon to 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from wyoming.asr import Transcribe
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.event import Event, async_read_event
-from wyoming.info import Describe
+from wyoming.audio import AudioStart, AudioStop
 
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from tests.support.daemon import running_daemon
+from tests.support.held_streams import (
+    CHANNELS,
+    RATE,
+    WIDTH,
+    Client,
+    chunk,
+    describe_instead_of_audio,
+    failed_without_audio_stop,
+    trickling_audio,
+    until,
+)
 from tests.support.speech import have_speech_tools, silence, speech
-from tests.support.wyoming import transcribe, wire
+from tests.support.wyoming import transcribe
 
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
-
-RATE, WIDTH, CHANNELS = 16000, 2, 1
 
 
 def config(emulator: AmiVoiceEmulator, **extra: Any) -> dict[str, Any]:
@@ -45,133 +50,27 @@ async def emulator() -> AsyncIterator[AmiVoiceEmulator]:
         yield emu
 
 
-def chunk(pcm: bytes) -> Event:
-    return AudioChunk(rate=RATE, width=WIDTH, channels=CHANNELS, audio=pcm).event()
+async def test_a_failed_utterance_lets_its_vendor_stream_go_without_waiting_for_audio_stop() -> None:
+    held = await failed_without_audio_stop()
+    assert held.error["code"] == "too-long"
+    # The vendor connection was closed though the client sent no audio-stop and stayed connected.
+    assert not held.client_closed
+    assert held.vendor_connections == 1
 
 
-class Client:
-    """A raw Wyoming connection that records everything the daemon answers, until it closes."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.events: list[Event] = []
-        self.closed = asyncio.Event()
-        self._reading = asyncio.create_task(self._read(reader))
-
-    @classmethod
-    async def connect(cls, port: int) -> Client:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def send(self, *events: Event) -> None:
-        self.writer.write(wire(*events))
-        await self.writer.drain()
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [event.data for event in self.events if event.type == "error"]
-
-    async def wait_error(self, timeout: float) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while not self.errors():
-                await asyncio.sleep(0.02)
-        return self.errors()[0]
-
-    async def close(self) -> None:
-        self.writer.close()
-        self._reading.cancel()
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while (event := await async_read_event(reader)) is not None:
-                self.events.append(event)
-        except ConnectionError:
-            pass
-        finally:
-            self.closed.set()
+async def test_describe_during_an_utterance_does_not_keep_it_alive() -> None:
+    held = await describe_instead_of_audio(idle_timeout=1.0)
+    assert held.error["code"] == "idle", held.error
+    assert held.client_closed
 
 
-async def until(condition: Any, timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
-async def start_utterance(client: Client, emulator: AmiVoiceEmulator, language: str = "ja") -> None:
-    """Begin an utterance and wait until its vendor stream is open."""
-    await client.send(
-        Transcribe(language=language).event(), AudioStart(rate=RATE, width=WIDTH, channels=CHANNELS).event()
-    )
-    pcm = speech("hello there")[:16000]
-    await client.send(*(chunk(pcm[i : i + 3200]) for i in range(0, len(pcm), 3200)))
-    await until(lambda: emulator.open_connections == 1, 5, "the vendor stream opened")
-
-
-async def test_a_failed_utterance_lets_its_vendor_stream_go_without_waiting_for_audio_stop(
-    emulator: AmiVoiceEmulator,
-) -> None:
-    async with running_daemon(config(emulator, limits={"max_utterance_seconds": 1})) as daemon:
-        client = await Client.connect(daemon.port)
-        await start_utterance(client, emulator)
-        # Past the limit: the utterance fails at once...
-        await client.send(*(chunk(bytes(3200)) for _ in range(10)))
-        assert (await client.wait_error(5))["code"] == "too-long"
-        # ...and its vendor connection is closed, though the client sends no audio-stop and stays connected.
-        await until(lambda: emulator.open_connections == 0, 5, "the vendor stream was let go after the failure")
-        assert not client.closed.is_set()
-        assert len(emulator.streams) == 1
-        await client.close()
-
-
-async def test_describe_during_an_utterance_does_not_keep_it_alive(emulator: AmiVoiceEmulator) -> None:
-    async with running_daemon(config(emulator, wyoming={"idle_timeout": 1.0})) as daemon:
-        client = await Client.connect(daemon.port)
-        await start_utterance(client, emulator)
-        started = time.monotonic()
-
-        async def keep_describing() -> None:
-            while not client.closed.is_set():
-                await client.send(Describe().event())
-                await asyncio.sleep(0.3)
-
-        describing = asyncio.create_task(keep_describing())
-        try:
-            error = await client.wait_error(8)
-            assert error["code"] == "idle"
-            await until(client.closed.is_set, 5, "the connection was closed")
-            await until(lambda: emulator.open_connections == 0, 5, "the vendor stream was let go")
-        finally:
-            describing.cancel()
-            await client.close()
-        # describe was answered all along, until the cut.
-        assert sum(event.type == "info" for event in client.events) >= 2
-        assert time.monotonic() - started < 8
-
-
-async def test_a_client_trickling_audio_is_cut_at_the_wall_clock_limit(emulator: AmiVoiceEmulator) -> None:
-    # The wall-clock limit by default: twice max_utterance_seconds.
-    async with running_daemon(config(emulator, limits={"max_utterance_seconds": 2})) as daemon:
-        client = await Client.connect(daemon.port)
-        await start_utterance(client, emulator)  # 0.5 s of audio
-        started = time.monotonic()
-
-        async def trickle() -> None:
-            # 10 ms of audio every 100 ms: 1.5 s of audio more would take 15 s, well past the wall-clock limit.
-            while not client.closed.is_set():
-                await client.send(chunk(bytes(320)))
-                await asyncio.sleep(0.1)
-
-        trickling = asyncio.create_task(trickle())
-        try:
-            error = await client.wait_error(10)
-            assert error["code"] == "too-long" and "within 4 s" in error["text"], error
-            await until(client.closed.is_set, 5, "the connection was closed")
-            await until(lambda: emulator.open_connections == 0, 5, "the vendor stream was let go")
-        finally:
-            trickling.cancel()
-            await client.close()
-        assert time.monotonic() - started < 10
+async def test_a_client_trickling_audio_is_cut_at_the_wall_clock_limit() -> None:
+    # 10 ms of audio per 100 ms would reach the 2 s utterance limit after 15 s more: the wall-clock limit
+    # (twice that by default: 4 s) cuts it first.
+    held = await trickling_audio(max_utterance_seconds=2)
+    assert held.error["code"] == "too-long" and "within 4 s" in held.error["text"], held.error
+    assert held.client_closed
+    assert held.error_after < 10
 
 
 async def test_an_absurd_audio_format_is_refused_at_audio_start(emulator: AmiVoiceEmulator) -> None:
