@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from asr_daemon.budget import DAY, HOUR, AudioBudget, BudgetExhausted
+from asr_daemon.emulators.amivoice import AmiVoiceEmulator
+from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.events import AsrEvent, EventKind
+from tests.support.alsa import fake_microphone
+from tests.support.daemon import running_daemon
+from tests.support.speech import have_speech_tools, silence, speech
+from tests.support.wyoming import transcribe
 
 
 class Clock:
@@ -106,3 +116,36 @@ def test_no_budget_counts_nothing() -> None:
     budget = AudioBudget(None, None)
     assert not budget.enabled
     assert budget.admit("amivoice", "10.0.0.9") is None
+
+
+async def test_the_microphone_and_wyoming_clients_share_the_daily_budget(tmp_path: Path) -> None:
+    pytest.importorskip("pyaudio", reason="PyAudio is needed (the mic extra)")
+    pytest.importorskip("pymicro_vad", reason="pymicro-vad is needed (the mic extra)")
+    if not have_speech_tools():
+        pytest.skip("espeak-ng and sox are needed")
+    pcm = silence(1000) + speech("Turn on the kitchen lights") + silence(2000) + speech("What time is it")
+    pcm += silence(60_000)
+    options = EmulatorOptions(script=["一つ目です"])
+    async with AmiVoiceEmulator(options).running() as emulator:
+        with fake_microphone(tmp_path, pcm) as device:
+            config = {
+                "vendors": {"amivoice": {"url": emulator.url, "api_key": "test-key"}},
+                "mic": {"enabled": True, "device": device, "language": "ja"},
+                "budget": {"daily_seconds": 1},
+            }
+            async with running_daemon(config) as daemon:
+                subscription = daemon.events.subscribe("test")
+                seen: list[AsrEvent] = []
+                async with asyncio.timeout(30):
+                    while not {EventKind.ERROR, EventKind.TRANSCRIPT} <= {e.kind for e in seen}:
+                        seen.append(await subscription.get())
+                        subscription.done()
+                # The microphone's first utterance spent the day's budget; a Wyoming client is refused too.
+                refused = await transcribe(daemon.port, speech("hello there"), language="ja")
+    transcripts = [e.text for e in seen if e.kind is EventKind.TRANSCRIPT]
+    error = next(e for e in seen if e.kind is EventKind.ERROR)
+    assert transcripts == ["一つ目です"]
+    assert error.code == "budget-exhausted" and error.source.startswith("mic:")
+    assert error.message is not None and "daily audio budget" in error.message
+    assert refused.error_code == "budget-exhausted"
+    assert len(emulator.streams) == 1
