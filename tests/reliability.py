@@ -41,7 +41,10 @@ def end_marker(part: str) -> str:
 def replace_part(document: str, part: str, lines: list[str]) -> str:
     """``document`` with the text between ``part``'s markers replaced (appended with its markers when missing)."""
     begin, end = begin_marker(part), end_marker(part)
-    body = "\n".join([begin, *lines, end])
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    # A blank line ends the part's last table or list before the marker.
+    body = "\n".join([begin, *lines, "", end])
     if begin in document and end in document:
         head, rest = document.split(begin, 1)
         _, tail = rest.split(end, 1)
