@@ -162,9 +162,11 @@ class AudioBudget:
         if window is not None:
             return window
         try:
-            address = ipaddress.ip_address(client)
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(client)
         except ValueError:
             return None  # not an IP client (a Unix socket): local
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 client of a dual-stack listener
         if any(address in network for network in self._exempt if network.version == address.version):
             return None
         if len(self._clients) >= _SWEEP_AT:

@@ -94,10 +94,10 @@ def test_the_per_client_budget_is_per_address_hourly_and_the_daily_one_is_shared
 def test_exempt_networks_have_no_per_client_budget_but_count_toward_the_day() -> None:
     clock = Clock()
     budget = AudioBudget(100, 10, exempt=["127.0.0.0/8", "::1/128", "192.168.1.5/32"], clock=clock)
-    for client in ("127.0.0.1", "::1", "192.168.1.5"):
+    for client in ("127.0.0.1", "::1", "192.168.1.5", "::ffff:192.168.1.5"):
         spend(budget, 20, client)
         assert budget.admit("amivoice", client) is not None
-    assert budget.used_today() == pytest.approx(60)
+    assert budget.used_today() == pytest.approx(80)
     spend(budget, 10, "10.0.0.9")
     with pytest.raises(BudgetExhausted):
         budget.admit("amivoice", "10.0.0.9")
