@@ -56,7 +56,7 @@ AUDIO_STOP = "audio-stop"
 TRANSCRIBE = "transcribe"
 DESCRIBE = "describe"
 
-# Longer than any language tag (BCP 47 tags in use are a few characters; 35 is the registry's own bound).
+# Longer than any real language tag (RFC 5646 asks for tags of at least 35 characters to be handled).
 MAX_LANGUAGE_CHARS = 64
 
 
