@@ -15,6 +15,7 @@ from wyoming.audio import AudioStart, AudioStop
 
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.settings import ConfigError, load_settings
 from tests.support.daemon import running_daemon
 from tests.support.held_streams import (
     CHANNELS,
@@ -166,3 +167,23 @@ async def test_the_per_client_budget_applies_to_addresses_not_exempt(emulator: A
         refused = await transcribe(daemon.port, pcm, language="ja")
     assert refused.error_code == "budget-exhausted"
     assert refused.error is not None and "client 127.0.0.1" in refused.error
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"limits": {"max_utterance_seconds": 60, "max_utterance_wall_seconds": 30}}, "limits"),
+        ({"budget": {"exempt_clients": ["192.168.1.300/32"]}}, "budget.exempt_clients"),
+        ({"budget": {"daily_seconds": -5}}, "budget.daily_seconds"),
+    ],
+)
+def test_limit_and_budget_settings_that_cannot_work_are_refused_naming_the_key(
+    config: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, config)
+    assert key in str(refused.value)
+
+
+def test_the_wall_clock_limit_defaults_to_twice_the_utterance_limit() -> None:
+    assert load_settings(None, {"limits": {"max_utterance_seconds": 45}}).limits.utterance_wall_seconds() == 90
