@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from . import __version__
+from .budget import AudioBudget
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
 from .resilience.prewarm import StreamPool
@@ -52,6 +53,13 @@ class Daemon:
         limits = settings.limits
         self.policy = settings.resilience.policy()
         self.events = EventBus(settings.events.queue_size)
+        budget = settings.budget
+        # One budget for every source (Wyoming clients and the microphone).
+        self.budget = (
+            AudioBudget(budget.daily_seconds, budget.per_client_hourly_seconds, budget.exempt_clients)
+            if budget.daily_seconds is not None or budget.per_client_hourly_seconds is not None
+            else None
+        )
         # Metrics exist only for the /metrics endpoint: without it they would cost a module and a lock per chunk.
         self.metrics: Metrics | None = None
         if settings.health.port is not None:
@@ -79,6 +87,8 @@ class Daemon:
             observe=self._observe,
             metrics=self.metrics,
             fallback=adapters.get(settings.fallback_vendor) if settings.fallback_vendor else None,
+            utterance_wall_seconds=limits.utterance_wall_seconds(),
+            budget=self.budget,
         )
         self.server = WyomingServer(
             settings.wyoming.uri,
@@ -252,6 +262,7 @@ class Daemon:
             pool=self.pools.get(adapter.name) if adapter is not None else None,
             observe=self._observe,
             fallback=self.context.fallback,
+            budget=self.budget,
         )
         if self.mic.adapter() is None:
             _LOGGER.warning(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .audio.normalise import AudioFormatError, AudioNormaliser
+from .budget import is_paid
 from .quiet_timer import QuietTimer
 from .redact import redact
 from .resilience.backoff import Backoff, RetryBudget
@@ -49,6 +50,22 @@ if TYPE_CHECKING:
     from .resilience.prewarm import StreamPool
 
 _LOGGER = logging.getLogger(__name__)
+
+# The most client audio per second a session accepts, in bytes (48 kHz, 8 channels, 16 bit; or 192 kHz mono
+# 32 bit). A client's input per utterance is bounded by this times ``max_audio_seconds`` whatever it declares
+# (46 MB with the defaults), where the formats the converter can read would allow ~3 GiB.
+MAX_INPUT_BYTES_PER_SECOND = 48000 * 8 * 2
+
+
+def input_format_error(fmt: AudioFormat) -> SessionError | None:
+    """Why client audio in ``fmt`` is refused (None: accepted)."""
+    if fmt.rate * fmt.width * fmt.channels > MAX_INPUT_BYTES_PER_SECOND:
+        return SessionError(
+            "bad-audio",
+            f"audio format {fmt.rate} Hz, {fmt.width * 8} bit, {fmt.channels} channels is more than "
+            f"{MAX_INPUT_BYTES_PER_SECOND} bytes per second (e.g. 48 kHz, 8 channels, 16 bit)",
+        )
+    return None
 
 
 class SessionError(Exception):
@@ -113,6 +130,7 @@ class Session:
         on_partial: Callable[[str], None] | None = None,
         pool: StreamPool | None = None,
         keep_audio: bool = False,
+        charge: Callable[[float], None] | None = None,
     ) -> None:
         self.adapter = adapter
         self.options = options
@@ -129,6 +147,16 @@ class Session:
         self._normaliser = AudioNormaliser(self._target)
         self._buffer = ReplayBuffer(self._target.bytes_per_second, align=self._target.bytes_for_ms(10))
         self._max_bytes = int(limits.max_audio_seconds * self._target.bytes_per_second)
+        # The client's own bytes, before conversion: bounded too, whatever format it declares.
+        self._max_input_bytes = int(limits.max_audio_seconds * MAX_INPUT_BYTES_PER_SECOND)
+        self._input_bytes = 0
+        self._input_format: AudioFormat | None = None
+        # Counts accepted audio (seconds) against the audio budget; None: not counted.
+        self._charge = charge
+        self._seconds_per_byte = 1.0 / self._target.bytes_per_second
+        # Connections in a row that failed without a final result, and the delay before the next one.
+        self._retries = RetryBudget(self.policy.max_failures)
+        self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
         self._audio_arrived = asyncio.Event()
         # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _next_event).
         self._answer_deadline: asyncio.Timeout | None = None
@@ -188,6 +216,21 @@ class Session:
         """
         if self._finishing or (self._done.done() and self.all_audio is None):
             return
+        if fmt is not self._input_format:
+            refused = input_format_error(fmt)
+            if refused is not None:
+                self.fail(refused)
+                raise refused
+            self._input_format = fmt
+        self._input_bytes += len(data)
+        if self._input_bytes > self._max_input_bytes:
+            error = SessionError(
+                "too-long",
+                f"utterance input larger than {self._max_input_bytes} bytes "
+                f"({self.limits.max_audio_seconds:g} s at the largest accepted format)",
+            )
+            self.fail(error)
+            raise error
         try:
             pcm = self._normaliser.push(data, fmt)
         except AudioFormatError as exc:
@@ -223,8 +266,13 @@ class Session:
             raise
 
     def fail(self, error: SessionError) -> None:
+        """End the utterance with ``error``; its vendor connection is let go now, not when the client leaves."""
         if not self._done.done():
             self._done.set_exception(error)
+        task = self._task
+        # From inside the session's own task the stream is closed on the way out anyway.
+        if not task.done() and asyncio.current_task() is not task:
+            task.cancel()
 
     async def aclose(self) -> None:
         """Stop everything this session runs (idempotent)."""
@@ -264,6 +312,8 @@ class Session:
             self.fail(error)
             raise error
         self._buffer.append(pcm)
+        if self._charge is not None:
+            self._charge(len(pcm) * self._seconds_per_byte)
         if self.all_audio is not None:
             self.all_audio += pcm
         # Wake the sender once a whole vendor message is there, not for every small client chunk.
@@ -272,8 +322,8 @@ class Session:
 
     async def _run(self) -> None:
         name = self.adapter.name
-        backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
-        budget = RetryBudget(self.policy.max_failures)
+        backoff = self._backoff
+        budget = self._retries
         first = True
         try:
             while not self._done.done():
@@ -306,8 +356,6 @@ class Session:
                     await asyncio.sleep(delay)
                     self.reconnects += 1
                     first = False
-                    if budget.failures == 0:
-                        backoff.reset()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -458,6 +506,7 @@ class Session:
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:
+            # Not progress: without times it cannot be placed, and a new connection recognises its audio again.
             self._pending.append(final)
             return
         start = timeline.to_utterance_ms(final.start_ms) if final.start_ms is not None else None
@@ -467,7 +516,12 @@ class Session:
         self._committed.extend(self._pending)
         self._pending.clear()
         self._committed.append(placed)
+        trimmed_from = self._buffer.start
         self._buffer.trim(end_position)
+        if self._buffer.start > trimmed_from:
+            # Audio recognised for good: the connection worked, so the failures before it no longer count.
+            self._retries.progress()
+            self._backoff.reset()
 
     def _drop_uncommitted(self) -> None:
         # Finals without times are recognised again from the replayed audio; keeping them would repeat them.
@@ -515,13 +569,16 @@ class FallbackSession(Session):
         fallback: VendorAdapter,
         on_partial: Callable[[str], None] | None = None,
         pool: StreamPool | None = None,
+        charge: Callable[[float], None] | None = None,
     ) -> None:
         self.fallback = fallback
+        # The fallback's audio is counted again when it is a paid vendor too.
+        self._fallback_charge = charge if is_paid(fallback.name) else None
         self.full_limits = limits
         primary_limits = SessionLimits(
             limits.max_audio_seconds, min(limits.fallback_after, limits.final_timeout), limits.policy
         )
-        super().__init__(adapter, options, primary_limits, on_partial, pool, keep_audio=True)
+        super().__init__(adapter, options, primary_limits, on_partial, pool, keep_audio=True, charge=charge)
         # What the client sees; the vendor's own outcome (``_done``) stays internal until the fallback had its turn.
         self._public: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
         self._done.add_done_callback(self._forward)
@@ -577,7 +634,7 @@ class FallbackSession(Session):
     async def _run_fallback(self, deadline: float) -> Transcript:
         limits = SessionLimits(self.full_limits.max_audio_seconds, deadline, self.full_limits.policy)
         options = StreamOptions(self.options.language, self.options.phrases, f"{self.id}-fallback")
-        session = Session(self.fallback, options, limits)
+        session = Session(self.fallback, options, limits, charge=self._fallback_charge)
         try:
             session.feed(bytes(self.all_audio or b""), self._target)
             result = await session.finish()
@@ -602,8 +659,10 @@ def open_session(
     on_partial: Callable[[str], None] | None = None,
     pool: StreamPool | None = None,
     fallback: VendorAdapter | None = None,
+    charge: Callable[[float], None] | None = None,
 ) -> Session:
-    """A session for ``adapter``, with ``fallback`` behind it when one is configured and is another engine."""
+    """A session for ``adapter``, with ``fallback`` behind it when one is configured and is another engine;
+    ``charge`` counts its audio against the audio budget."""
     if fallback is None or fallback is adapter:
-        return Session(adapter, options, limits, on_partial, pool)
-    return FallbackSession(adapter, options, limits, fallback, on_partial, pool)
+        return Session(adapter, options, limits, on_partial, pool, charge=charge)
+    return FallbackSession(adapter, options, limits, fallback, on_partial, pool, charge)

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .credentials import CredentialFileError, resolve_secret
@@ -129,6 +138,47 @@ class LimitsSettings(BaseModel):
         le=120,
         description="With fallback_vendor: seconds after audio-stop before the fallback takes over",
     )
+    max_utterance_wall_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=7200,
+        description="Wall-clock seconds from an utterance's start to its audio-stop, however the client sends "
+        "(unset: twice max_utterance_seconds)",
+    )
+
+    @model_validator(mode="after")
+    def _check_wall_limit(self) -> LimitsSettings:
+        if self.max_utterance_wall_seconds is not None and self.max_utterance_wall_seconds < self.max_utterance_seconds:
+            raise ValueError("max_utterance_wall_seconds must be at least max_utterance_seconds")
+        return self
+
+    def utterance_wall_seconds(self) -> float:
+        # Real-time audio takes as long as it lasts; twice that leaves room for a slow upload to catch up.
+        return self.max_utterance_wall_seconds or 2 * self.max_utterance_seconds
+
+
+class BudgetSettings(BaseModel):
+    """Seconds of audio sent to paid vendors (kept in memory: a restart refills every budget)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_seconds: float | None = Field(
+        default=None, gt=0, description="Audio per day for all sources together (Wyoming and microphone); unset: off"
+    )
+    per_client_hourly_seconds: float | None = Field(
+        default=None, gt=0, description="Audio per hour per Wyoming client address; unset: off"
+    )
+    exempt_clients: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client networks (CIDR) without a per-client budget, e.g. Home Assistant's address",
+    )
+
+    @field_validator("exempt_clients")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
+        return value
 
 
 class ResilienceSettings(BaseModel):
@@ -307,6 +357,7 @@ class Settings(BaseSettings):
 
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
-from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.emulators.base import EmulatorOptions, Fault
 from asr_daemon.emulators.iapp import IAppEmulator
 from asr_daemon.emulators.sauc import Zyun360Emulator
 from asr_daemon.emulators.tiro import TiroEmulator
@@ -130,3 +130,33 @@ async def test_a_dead_link_is_never_taken_for_a_vendor_that_ends_streams_without
     result, proxy = await blackhole_scenario(TiroEmulator, "tiro", ["Halló.", "Hvað segirðu?"], "is")
     assert result.text == "Halló. Hvað segirðu?"
     assert proxy.connections == 2
+
+
+@speech_needed
+async def test_a_vendor_dropping_after_each_final_more_often_than_max_failures_still_completes() -> None:
+    # Each connection recognises one sentence, then drops: many failed connections in all, but never
+    # max_failures in a row without a result, so the utterance is completed, not given up.
+    max_failures = 2
+    sentences = ["hello there", "good morning", "how are you", "see you later"]
+    script = ["一つ目", "二つ目", "三つ目", "四つ目"]
+    voiced = [speech(text) for text in sentences]
+    gap = silence(1200)
+    pcm = b"".join(audio + gap for audio in voiced)
+    # A connection starts where the last final ended (after a sentence) and is cut once it has had the gap, the
+    # next sentence and enough silence for that sentence's final.
+    drop_after = len(gap) + max(len(audio) for audio in voiced) + len(silence(700))
+    options = EmulatorOptions(
+        script=script, recognise_by_audio=True, fault=Fault.DROP, fault_after_bytes=drop_after, keep_pcm=True
+    )
+    async with AmiVoiceEmulator(options).running() as emulator:
+        config = {
+            "vendors": {"amivoice": {"url": emulator.url, "api_key": "test-key"}},
+            "resilience": {"max_failures": max_failures, "backoff_initial": 0.05},
+            "limits": {"final_timeout": 10.0},
+        }
+        async with running_daemon(config) as daemon:
+            result = await transcribe(daemon.port, pcm, language="ja", speed=4.0, timeout=40)
+    drops = sum(record.fault_applied for record in emulator.streams)
+    assert result.error is None, result.error
+    assert drops > max_failures, f"only {drops} drops: the test does not exercise the retry budget"
+    assert result.text == "".join(script)

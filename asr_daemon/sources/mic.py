@@ -38,6 +38,7 @@ from ..audio.vad import (
     VadSettings,
     micro_vad,
 )
+from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
@@ -53,6 +54,8 @@ _RATES = (16000, 48000, 44100, 32000, 22050, 24000, 8000, 96000)
 MAX_QUEUED_CHUNKS = 64
 # How long close() waits for the reading thread (a read returns within one chunk on a working device).
 THREAD_JOIN_SECONDS = 5.0
+# While the audio budget stays spent, speech the microphone hears is logged as refused at most this often.
+BUDGET_LOG_INTERVAL = 600.0
 
 
 class DeviceUnavailable(Exception):
@@ -323,6 +326,7 @@ class MicSource:
         pool: StreamPool | None = None,
         observe: Callable[[Session, Transcript | None, SessionError | None], None] | None = None,
         fallback: VendorAdapter | None = None,
+        budget: AudioBudget | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -341,6 +345,9 @@ class MicSource:
         self._own_pool = False
         self._observe = observe
         self.fallback = fallback
+        self.budget = budget
+        # When a spent budget was last logged (monotonic): once per BUDGET_LOG_INTERVAL while it stays spent.
+        self._budget_logged: float | None = None
         self.format: CaptureFormat | None = None
         self.utterances = 0
         self.failures = 0
@@ -486,6 +493,14 @@ class MicSource:
                 )
             )
             return
+        charge = None
+        if self.budget is not None:
+            try:
+                charge = self.budget.admit(adapter.name)
+            except BudgetExhausted as spent:
+                self._budget_spent(spent, session_id, language, started)
+                return
+            self._budget_logged = None
         options = StreamOptions(
             language=language or (adapter.languages[0] if adapter.languages else ""), session_id=session_id
         )
@@ -498,7 +513,7 @@ class MicSource:
             self.bus.publish(self._event(utterance, EventKind.PARTIAL, text=text))
 
         session = open_session(
-            adapter, options, self.limits, on_partial=on_partial, pool=self.pool, fallback=self.fallback
+            adapter, options, self.limits, on_partial=on_partial, pool=self.pool, fallback=self.fallback, charge=charge
         )
         utterance = _Utterance(session, started, segment.offset)
         self._current = utterance
@@ -506,6 +521,23 @@ class MicSource:
         _LOGGER.info("session %s: %s → %s (%s)", session_id, self.source, adapter.name, options.language or "-")
         self.bus.publish(self._event(utterance, EventKind.UTTERANCE_START, started=started))
         self._feed(segment.audio)
+
+    def _budget_spent(self, spent: BudgetExhausted, session_id: str, language: str | None, started: float) -> None:
+        now = time.monotonic()
+        if self._budget_logged is None or now - self._budget_logged >= BUDGET_LOG_INTERVAL:
+            self._budget_logged = now
+            _LOGGER.warning("%s: speech not transcribed: %s", self.source, spent.message)
+        self.bus.publish(
+            AsrEvent(
+                EventKind.ERROR,
+                self.source,
+                session=session_id,
+                language=language,
+                code=spent.code,
+                message=spent.message,
+                started=started,
+            )
+        )
 
     def _feed(self, pcm: bytes) -> None:
         utterance = self._current

@@ -4,8 +4,12 @@
 forwarded as it arrives, and ``audio-stop`` waits (bounded) for the final. Partials go out as
 ``transcript-start``/``transcript-chunk``; the answer is ``transcript`` + ``transcript-stop`` or an ``error``,
 after which the connection is closed (Home Assistant opens a new one per utterance). A failure noticed
-before ``audio-stop`` is reported at once, and the connection keeps reading until ``audio-stop``: closing
-earlier would make Home Assistant's next audio write fail.
+before ``audio-stop`` is reported at once and the vendor stream let go, and the connection keeps reading until
+``audio-stop``: closing earlier would make Home Assistant's next audio write fail.
+
+Only audio keeps an utterance alive: one that gets no audio for ``idle_timeout`` (other events do not count),
+or has no ``audio-stop`` within ``utterance_wall_seconds`` of its start, is answered with an error and the
+connection closed, whatever the client does.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from wyoming.error import Error
 from wyoming.event import Event, write_event
 from wyoming.server import AsyncEventHandler
 
+from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
+from ..quiet_timer import QuietTimer
 from ..redact import redact
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..session import Session, SessionError, SessionLimits, open_session
+from ..session import Session, SessionError, SessionLimits, input_format_error, open_session
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
 from .wyoming_reader import EventStreamReader
@@ -49,6 +55,9 @@ AUDIO_START = "audio-start"
 AUDIO_STOP = "audio-stop"
 TRANSCRIBE = "transcribe"
 DESCRIBE = "describe"
+
+# Longer than any real language tag (RFC 5646 asks for tags of at least 35 characters to be handled).
+MAX_LANGUAGE_CHARS = 64
 
 
 @dataclass
@@ -70,6 +79,10 @@ class HandlerContext:
     metrics: Metrics | None = None
     # Takes over an utterance the routed vendor cannot transcribe in time (``fallback_vendor``).
     fallback: VendorAdapter | None = None
+    # Seconds from an utterance's start to its audio-stop, however the client behaves.
+    utterance_wall_seconds: float = 120.0
+    # Seconds of audio for paid vendors (``budget``); None: no budget.
+    budget: AudioBudget | None = None
 
 
 class WyomingAsrHandler(AsyncEventHandler):
@@ -81,6 +94,8 @@ class WyomingAsrHandler(AsyncEventHandler):
         self.context = context
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "local"
+        # The client's IP address, for its audio budget (None: a Unix socket).
+        self.client_address: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self._write_lock = asyncio.Lock()
         self._request = Transcribe()
         self._session: Session | None = None
@@ -103,6 +118,10 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._chunk_format: AudioFormat | None = None
         # The session refused a chunk taken on the spot: the handler's task answers it.
         self._refused_chunk: SessionError | None = None
+        # The utterance's limits: time without client audio, and time since its start.
+        self._audio_quiet: QuietTimer | None = None
+        self._wall_limit: asyncio.TimerHandle | None = None
+        self._cut: asyncio.Task[None] | None = None
 
     @property
     def who(self) -> str:
@@ -191,6 +210,10 @@ class WyomingAsrHandler(AsyncEventHandler):
         except (KeyError, TypeError, ValueError, AttributeError):
             await self._answer_error("bad-event", "transcribe: 'language' must be a string")
             return True
+        if request.language is not None and len(request.language) > MAX_LANGUAGE_CHARS:
+            _LOGGER.warning("%s: transcribe with a %d-character language refused", self.who, len(request.language))
+            await self._answer_error("bad-event", f"transcribe: 'language' longer than {MAX_LANGUAGE_CHARS} characters")
+            return True
         self._request = request
         return True
 
@@ -201,10 +224,19 @@ class WyomingAsrHandler(AsyncEventHandler):
         except (KeyError, TypeError, ValueError, AttributeError):
             await self._answer_error("bad-event", "audio-start needs integer rate, width and channels")
             self._in_utterance, self._answered = True, True
+            self._start_limits()
             return True
         if self._in_utterance:
             _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.who)
             await self._end_session()
+        refused = input_format_error(fmt)
+        if refused is not None:
+            # Refused before a byte of it is read: no vendor stream is opened for it.
+            self._answered = False
+            await self._fail_utterance(refused)
+            self._in_utterance = True
+            self._start_limits()
+            return True
         await self._begin_utterance(fmt)
         return True
 
@@ -230,7 +262,12 @@ class WyomingAsrHandler(AsyncEventHandler):
         Called by the reader while this handler waits for its next event; anything else (another event type,
         no session, a bad format, audio the session refuses) is left to ``handle_event`` in order.
         """
-        if event.type != AUDIO_CHUNK or self._answered or self._refused_chunk is not None:
+        if event.type != AUDIO_CHUNK:
+            return False
+        quiet = self._audio_quiet
+        if quiet is not None:
+            quiet.mark()  # only audio keeps an utterance alive
+        if self._answered or self._refused_chunk is not None:
             return False
         session = self._session
         if session is None:
@@ -278,6 +315,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             await self._answer_error("bad-event", "audio-stop without audio")
             return False
         session = self._session
+        self._stop_limits()  # from here final_timeout bounds the wait
         self._publish_utterance_end()
         if session is None or self._answered:
             # An early failure may still be on its way to the client: it goes out before we close.
@@ -309,7 +347,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             "session %s: %s %s, %.1f s of audio → %d chars, final %.0f ms after audio-stop%s",
             session.id,
             session.adapter.name,
-            language or "-",
+            repr(language) if language else "-",
             result.audio_seconds,
             len(text),
             result.final_latency * 1000,
@@ -337,6 +375,7 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._started_stream = False
         self._published_partial = ""
         self._utterance_started = self._utterance_ended = None
+        self._start_limits()
         language = self._request.language
         adapter = self.context.router.route(language)
         session_id = uuid.uuid4().hex[:8]
@@ -346,6 +385,13 @@ class WyomingAsrHandler(AsyncEventHandler):
                 SessionError("unsupported-language", f"no vendor serves language {language!r} (served: {served})")
             )
             return
+        charge = None
+        if self.context.budget is not None:
+            try:
+                charge = self.context.budget.admit(adapter.name, self.client_address)
+            except BudgetExhausted as spent:
+                await self._fail_utterance(SessionError(spent.code, spent.message))
+                return
         phrases = tuple((self._request.transcript_names or []) + (self._request.transcript_terms or []))
         options = StreamOptions(
             language=language or (adapter.languages[0] if adapter.languages else ""),
@@ -359,6 +405,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             on_partial=self._on_partial,
             pool=self.context.pools.get(adapter.name),
             fallback=self.context.fallback,
+            charge=charge,
         )
         self._session = session
         self.context.sessions.add(session)
@@ -371,7 +418,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             session_id,
             self.peer,
             adapter.name,
-            language or "default",
+            repr(language) if language else "default",
             fmt.rate,
             fmt.width * 8,
             fmt.channels,
@@ -413,6 +460,7 @@ class WyomingAsrHandler(AsyncEventHandler):
             session.fail(error)
 
     async def _end_session(self) -> None:
+        self._stop_limits()
         await self._stop_partials()
         self._publish_utterance_end()
         self._utterance_started = None
@@ -421,6 +469,54 @@ class WyomingAsrHandler(AsyncEventHandler):
         if session is not None:
             self.context.sessions.discard(session)
             await session.aclose()
+
+    # -- the utterance's own limits ------------------------------------------------------------------
+
+    def _start_limits(self) -> None:
+        """Arm the utterance's limits (idempotent while it runs)."""
+        quiet = self._audio_quiet
+        if quiet is None:
+            quiet = self._audio_quiet = QuietTimer(self.context.idle_timeout, self._on_audio_quiet)
+        quiet.mark()
+        quiet.start()
+        if self._wall_limit is None:
+            self._wall_limit = asyncio.get_running_loop().call_later(
+                self.context.utterance_wall_seconds, self._on_wall_limit
+            )
+
+    def _stop_limits(self) -> None:
+        if self._audio_quiet is not None:
+            self._audio_quiet.cancel()
+        if self._wall_limit is not None:
+            self._wall_limit.cancel()
+            self._wall_limit = None
+
+    def _on_audio_quiet(self) -> None:
+        self._cut_utterance(SessionError("idle", f"no audio for {self.context.idle_timeout:g} s during the utterance"))
+
+    def _on_wall_limit(self) -> None:
+        self._wall_limit = None
+        self._cut_utterance(
+            SessionError(
+                "too-long", f"the utterance did not end within {self.context.utterance_wall_seconds:g} s of its start"
+            )
+        )
+
+    def _cut_utterance(self, error: SessionError) -> None:
+        if self._cut is None and not self._closing:
+            self._cut = asyncio.create_task(self._cut_connection(error), name=f"cut {self.peer}")
+
+    async def _cut_connection(self, error: SessionError) -> None:
+        """End the utterance past its limits: the vendor stream goes at once, the client gets the error, the
+        connection is closed (the client would otherwise hold it as long as it likes)."""
+        self._stop_limits()
+        _LOGGER.info("%s: %s; closing", self.who, error.message)
+        session = self._session
+        if session is not None:
+            session.fail(error)
+        await self._fail_utterance(error)
+        self._closing = True
+        self.events.close()
 
     # -- partial transcripts --------------------------------------------------------------------------
 
