@@ -121,12 +121,8 @@ class Daemon:
         return self.server.port
 
     async def start(self) -> None:
-        if not self.router.adapters:
-            _LOGGER.warning(
-                "no vendor is configured and the offline engine is not installed: every request will get an error "
-                "(configure a vendor, see config.example.yaml, or pip install 'asr-daemon[local]')"
-            )
-        elif list(self.router.adapters) == ["local"]:
+        # A setup with no vendor at all is reported by the start-up checks (setup_check), with what to do.
+        if list(self.router.adapters) == ["local"]:
             _LOGGER.info("no cloud vendor configured: serving English with the offline engine (vendors.local)")
         if self.context.fallback is not None:
             _LOGGER.info("fallback: %s transcribes what the routed vendor cannot", self.context.fallback.name)

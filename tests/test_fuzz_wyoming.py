@@ -35,16 +35,17 @@ async def test_a_deeply_nested_header_is_answered_as_a_bad_event() -> None:
     assert [(e.type, e.data.get("code")) for e in outcome.answers] == [("error", "bad-event")]
 
 
-@pytest.mark.xfail(strict=True, reason="transcript_names that is not a list fails the first chunk as an internal error")
 @pytest.mark.parametrize("names", ["abc", 5])
-async def test_transcript_names_that_are_not_a_list_are_not_an_internal_error(names: object) -> None:
-    await run_connection(
+async def test_transcript_names_that_are_not_a_list_are_a_bad_event_not_an_internal_error(names: object) -> None:
+    outcome = await run_connection(
         [
             frame({"type": "transcribe", "data": {"transcript_names": names, "language": "en"}}),
             frame({"type": "audio-chunk", "data": FORMAT, "payload_length": len(PCM)}, b"", PCM),
             frame({"type": "audio-stop"}),
         ]
     )
+    codes = [e.data.get("code") for e in outcome.answers if e.type == "error"]
+    assert codes[0] == "bad-event" and "internal" not in codes, codes
 
 
 async def test_an_utterance_through_the_harness_gets_its_transcript() -> None:

@@ -44,6 +44,7 @@ from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, Transcript, open_session
 from ..settings import MicSettings
+from ..setup_check import MIC_INSTALL_HINT
 from ..vendors.base import PCM16K, AudioFormat, StreamOptions, VendorAdapter
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def load_pyaudio() -> Any:
         import pyaudio
     except ImportError as exc:
         raise DeviceUnavailable(
-            "PyAudio is not installed: install the microphone extra (pip install 'asr-daemon[mic]')"
+            f"PyAudio is not installed: {MIC_INSTALL_HINT}"
         ) from exc
     return pyaudio
 

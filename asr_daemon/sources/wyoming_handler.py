@@ -39,6 +39,7 @@ from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, input_format_error, open_session
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
+from .transcribe_request import BadTranscribe, parse_transcribe
 from .wyoming_reader import EventStreamReader
 
 if TYPE_CHECKING:
@@ -204,11 +205,9 @@ class WyomingAsrHandler(AsyncEventHandler):
             _LOGGER.warning("%s: transcribe during an utterance ignored", self.who)
             return True
         try:
-            request = Transcribe.from_event(event)
-            if request.language is not None and not isinstance(request.language, str):
-                raise TypeError("language")
-        except (KeyError, TypeError, ValueError, AttributeError):
-            await self._answer_error("bad-event", "transcribe: 'language' must be a string")
+            request = parse_transcribe(event)
+        except BadTranscribe as exc:
+            await self._answer_error("bad-event", str(exc))
             return True
         if request.language is not None and len(request.language) > MAX_LANGUAGE_CHARS:
             _LOGGER.warning("%s: transcribe with a %d-character language refused", self.who, len(request.language))

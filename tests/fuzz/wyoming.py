@@ -161,10 +161,7 @@ class ConnectionFailure(AssertionError):
 
 # Failures already reported and tracked by their own (strict xfail) tests in tests/test_fuzz_wyoming.py: a long
 # run counts them and goes on looking for new ones. Remove an entry once its test passes.
-KNOWN_FAILURES = {
-    # transcript_names or transcript_terms that are not lists ("abc", 5): the first chunk is an internal error.
-    "transcript-names-not-a-list": ("can only concatenate", "unsupported operand type(s) for +"),
-}
+KNOWN_FAILURES: dict[str, tuple[str, ...]] = {}
 
 
 def known_failure(failure: ConnectionFailure) -> str | None:
