@@ -9,9 +9,10 @@ admitted one is finished even if it crosses the limit (one utterance overshoots 
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
+
+from .networks import address_in, parse_networks, peer_address
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -21,8 +22,6 @@ UNPAID_ENGINES = frozenset({"local"})
 
 # Client windows kept before expired ones are swept (each is a few floats; the sweep is O(n)).
 _SWEEP_AT = 1024
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class BudgetExhausted(Exception):
@@ -112,7 +111,7 @@ class AudioBudget:
     ) -> None:
         self._daily = _Window(daily_seconds, DAY) if daily_seconds is not None else None
         self._per_client = per_client_hourly_seconds
-        self._exempt: tuple[_Network, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in exempt)
+        self._exempt = parse_networks(exempt)
         self._clients: dict[str, _Window] = {}
         self._clock = clock
 
@@ -161,14 +160,9 @@ class AudioBudget:
         window = self._clients.get(client)
         if window is not None:
             return window
-        try:
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(client)
-        except ValueError:
-            return None  # not an IP client (a Unix socket): local
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # an IPv4 client of a dual-stack listener
-        if any(address in network for network in self._exempt if network.version == address.version):
-            return None
+        address = peer_address(client)
+        if address is None or address_in(address, self._exempt):
+            return None  # not an IP client (a Unix socket: local), or an exempt one
         if len(self._clients) >= _SWEEP_AT:
             self._clients = {key: w for key, w in self._clients.items() if not w.expired(now)}
         window = self._clients[client] = _Window(limit, HOUR)

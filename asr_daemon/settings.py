@@ -8,7 +8,6 @@ value stops start-up with the key, what was expected and the value (unless it ma
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .credentials import CredentialFileError, resolve_secret
+from .networks import Network, check_networks, parse_networks
 from .redact import redact, register_secret
 from .resilience.policy import ResiliencePolicy
 from .setup_check import LOCAL_INSTALL_HINT
@@ -83,17 +83,10 @@ class WyomingSettings(BaseModel):
     @field_validator("allow")
     @classmethod
     def _check_allow(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"wyoming.allow: {value!r} is not a network; expected a CIDR such as 192.168.1.0/24 or fd00::/8"
-                ) from None
-        return values
+        return check_networks("wyoming.allow", values)
 
-    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(value, strict=False) for value in self.allow]
+    def allowed_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.allow)
 
     @field_validator("uri")
     @classmethod
@@ -176,9 +169,7 @@ class BudgetSettings(BaseModel):
     @field_validator("exempt_clients")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
-        return value
+        return check_networks("budget.exempt_clients", value)
 
 
 class ResilienceSettings(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -26,12 +25,12 @@ from wyoming.event import Event, async_write_event
 from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 
+from ..networks import Network, address_in, peer_address
 from .wyoming_reader import EventStreamReader
 
 _LOGGER = logging.getLogger(__name__)
 
 HandlerFactory = Callable[[EventStreamReader, asyncio.StreamWriter], AsyncEventHandler]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A refused connection's first event is read within these bounds (a describe is ~100 bytes).
 REFUSED_READ_SECONDS = 1.0
@@ -237,13 +236,8 @@ class _Sparse:
 
 def address_allowed(host: str, allow: Sequence[Network]) -> bool:
     """Whether ``host`` (as ``getpeername`` gives it) is in one of the ``allow`` networks."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is not part of it
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # an IPv4 peer of a dual-stack socket
-    return any(address in network for network in allow)
+    address = peer_address(host)
+    return address is not None and address_in(address, allow)
 
 
 class _WyomingProtocol(asyncio.StreamReaderProtocol):
