@@ -133,22 +133,17 @@ class AudioBudget:
             return None
         now = self._clock()
         windows: list[_Window] = []
-        daily = self._daily
-        if daily is not None:
-            if daily.spent(now):
-                raise BudgetExhausted(
-                    f"the daily audio budget ({daily.limit:g} s for paid vendors) is spent; "
-                    f"it refills in {describe_duration(daily.refills_in(now))}",
-                    daily.refills_in(now),
-                )
-            windows.append(daily)
-        window = self._client_window(client, now)
-        if window is not None:
+        for window, name in (
+            (self._daily, "the daily audio budget ({limit:g} s for paid vendors)"),
+            (self._client_window(client, now), f"the hourly audio budget of client {client} ({{limit:g}} s)"),
+        ):
+            if window is None:
+                continue
             if window.spent(now):
+                refills_in = window.refills_in(now)
                 raise BudgetExhausted(
-                    f"the hourly audio budget of client {client} ({window.limit:g} s) is spent; "
-                    f"it refills in {describe_duration(window.refills_in(now))}",
-                    window.refills_in(now),
+                    f"{name.format(limit=window.limit)} is spent; it refills in {describe_duration(refills_in)}",
+                    refills_in,
                 )
             windows.append(window)
         return Charge(tuple(windows), self._clock) if windows else None
