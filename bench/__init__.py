@@ -1,4 +1,4 @@
-"""The benchmark: what the daemon costs on top of the vendor, measured side by side (issue 7).
+"""The benchmark: what the daemon costs on top of the vendor, measured side by side.
 
 ``python -m bench`` (see ``python -m bench --help``) runs the daemon as its own process (``python -m
 asr_daemon run``), so that its CPU and memory are its own, the vendor emulators in a second process and every

@@ -19,7 +19,7 @@ QUANTILES = (50, 95, 99)
 # Everything after this line in RESULTS.md is hand-written and kept when the benchmark rewrites the file.
 NOTES_MARKER = "<!-- Hand-written notes below this line are kept when the benchmark rewrites this file. -->"
 
-# DESIGN.md, "Performance budgets".
+# docs/architecture.md#performance-budgets.
 BUDGET_ADDED_P50_1 = 2.0
 BUDGET_ADDED_P99_1 = 10.0
 BUDGET_ADDED_P99_50 = 25.0
@@ -133,7 +133,7 @@ def _by_level(figures: list[dict[str, Any]], level: int) -> dict[str, Any] | Non
 
 
 def budgets(run: Run, figures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each DESIGN.md budget with the measured figure and pass/miss (None: not measured in this run)."""
+    """Each budget of docs/architecture.md with the measured figure and pass/miss (None: not measured in this run)."""
     rows: list[dict[str, Any]] = []
 
     def row(name: str, limit: str, value: float | None, shown: str, ok: bool | None, where: str) -> None:
@@ -262,7 +262,7 @@ def _write_markdown(
         f"(commit {env['commit'] or '?'}, plus the working tree). Vendors: {', '.join(plan.vendors)}; audio "
         f"pace {plan.pace:g}× real time in {plan.piece_bytes}-byte chunks.",
         "",
-        "## Budgets (DESIGN.md)",
+        "## Budgets ([docs/architecture.md](../docs/architecture.md#performance-budgets))",
         "",
         "| budget | limit | measured | result |",
         "|---|---|---|---|",

@@ -58,7 +58,7 @@ def test_tiny_benchmark_runs_every_vendor_through_both_paths(tmp_path: Path) -> 
     assert [line for line in results["after"]["log_errors"] if " ERROR " in line or "Traceback" in line] == []
 
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "## Budgets (DESIGN.md)" in report
+    assert "## Budgets ([docs/architecture.md](../docs/architecture.md#performance-budgets))" in report
     assert "| 5 | 5 + 5 |" in report
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "latency.png").stat().st_size > 0

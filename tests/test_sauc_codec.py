@@ -1,4 +1,4 @@
-"""SAUC codec: frames byte for byte against vendors.md section E, results, error classes, fuzz."""
+"""SAUC codec: frames byte for byte against docs/protocols/sauc.md, results, error classes, fuzz."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tiro codec: messages byte for byte against vendors.md section B, every documented answer, fuzz."""
+"""Tiro codec: messages byte for byte against docs/protocols/tiro.md, every documented answer, fuzz."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from asr_daemon.vendors.tiro.codec import TiroCodec
 
 EVENT_TYPES = (StreamReady, PartialResult, FinalResult, StreamCompleted, VendorError)
 
-# The StreamingRecognizeResponse example of vendors.md, in grpc-gateway's envelope (interim).
+# The StreamingRecognizeResponse example of docs/protocols/tiro.md, in grpc-gateway's envelope (interim).
 SPEC_INTERIM = (
     '{"result": {"error": null, "results": [{"alternatives": [{"transcript":'
     ' "gera lítið úr meintri spennu", "confidence": 0, "words": [{"startTime": "1.020s",'

@@ -1,4 +1,4 @@
-"""Tiro emulator, driven by a raw ``websockets`` client: every answer as vendors.md section B describes it."""
+"""Tiro emulator, driven by a raw ``websockets`` client: every answer as docs/protocols/tiro.md describes it."""
 
 from __future__ import annotations
 

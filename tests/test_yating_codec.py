@@ -1,4 +1,4 @@
-"""The Yating codec: byte for byte against vendors.md §C and the vendor's own documents; fuzzed."""
+"""The Yating codec: byte for byte against docs/protocols/yating.md and the vendor's own documents; fuzzed."""
 
 from __future__ import annotations
 

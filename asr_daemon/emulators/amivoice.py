@@ -1,4 +1,5 @@
-"""Emulator of the AmiVoice Cloud Platform WebSocket API (``wss://acp-api.amivoice.com/v1/``), vendors.md §D.
+"""Emulator of the AmiVoice Cloud Platform WebSocket API (``wss://acp-api.amivoice.com/v1/``), from
+``docs/protocols/amivoice.md``.
 
 The wire, as documented:
 
@@ -14,11 +15,12 @@ The wire, as documented:
   client`` once audio flowed), then the connection closes. 600 s of audio without speech:
   ``p can't feed audio data to recognizer server`` and the session is over (``no_speech_limit_ms``).
 
-Choices where the vendor publishes nothing (marked [UNCONFIRMED] in vendors.md): the checks run in the order
-authorization, audio format, grammar; a missing or unknown engine is answered ``s received illegal grammar
-file names``; a malformed command (bad quoting, a text ``p``, a second ``s`` or an ``e`` outside a session) is
-answered ``<tag> received illegal command``. Every client mistake is also recorded as a violation; a wrong key
-or an unknown engine is a configuration error, not a protocol violation, so it is answered but not recorded.
+Choices where the vendor publishes nothing (the protocol page's "where the documents are silent"): the checks
+run in the order authorization, audio format, grammar; a missing or unknown engine is answered ``s received
+illegal grammar file names``; a malformed command (bad quoting, a text ``p``, a second ``s`` or an ``e``
+outside a session) is answered ``<tag> received illegal command``. Every client mistake is also recorded as a
+violation; a wrong key or an unknown engine is a configuration error, not a protocol violation, so it is
+answered but not recorded.
 
 Faults: ``drop`` cuts TCP after ``fault_after_bytes`` of audio; ``stall`` goes silent; ``error_at_start``
 answers a valid ``s`` with the server error ``s can't connect to recognizer server`` (which the vendor's guide
@@ -56,7 +58,7 @@ AUDIO_FORMATS = frozenset(
     [f"{order}{rate}k" for order in ("lsb", "msb") for rate in (8, 11, 16, 22, 32, 44, 48)]
     + ["mulaw", "alaw", "8k", "16k"]
 )
-# Engines listed in vendors.md; the real service has more (other languages), unknown ones are refused.
+# Engines listed in docs/protocols/amivoice.md; the real service has more (other languages), unknown ones are refused.
 ENGINES = frozenset(
     {
         "-a-general",

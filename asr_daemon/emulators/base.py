@@ -1,6 +1,6 @@
 """What every vendor emulator shares.
 
-An emulator is a strict WebSocket server for one vendor protocol, written from ``protocols/vendors.md``. It
+An emulator is a strict WebSocket server for one vendor protocol, written from ``docs/protocols/``. It
 "recognises" speech by following a script: PCM is cut into segments on silence (energy per 10 ms frame),
 each segment is assigned the script's next sentence, the sentence's words are revealed as partials while
 the segment's audio arrives, and the whole sentence is the segment's final. So a test that speaks a known

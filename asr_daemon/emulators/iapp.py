@@ -1,4 +1,5 @@
-"""Emulator of iApp's real-time ASR WebSocket (``wss://api-iflytek.iapp.co.th/asr``), from vendors.md §A.
+"""Emulator of iApp's real-time ASR WebSocket (``wss://api-iflytek.iapp.co.th/asr``), from
+``docs/protocols/iapp.md``.
 
 What it does, and the choices made where the vendor's behaviour is not documented:
 

@@ -1,6 +1,6 @@
 """Emulators of 360 Zyun and Volcengine large-model streaming ASR (the SAUC binary protocol).
 
-Written from ``protocols/vendors.md`` section E, not from the adapter: it parses frames with its own code.
+Written from ``docs/protocols/sauc.md``, not from the adapter: it parses frames with its own code.
 It accepts both client variants the vendors' documents show (with and without sequence numbers, byte2
 ``0x01`` or ``0x11`` on audio, an empty or audio-carrying last packet) and records anything else as a
 violation, answered with the vendor's 45000001 error frame. Responses mirror the client's compression;

@@ -1,4 +1,4 @@
-"""Tiro / Talgreinir emulator, written from ``protocols/vendors.md`` section B.
+"""Tiro / Talgreinir emulator, written from ``docs/protocols/tiro.md``.
 
 It behaves like tiro-speech-core's ``StreamingRecognize`` behind a grpc-gateway WebSocket proxy:
 

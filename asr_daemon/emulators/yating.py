@@ -1,4 +1,4 @@
-"""Emulator of Yating's streaming ASR (token endpoint + WebSocket), from vendors.md §C.
+"""Emulator of Yating's streaming ASR (token endpoint + WebSocket), from ``docs/protocols/yating.md``.
 
 Two listeners, because the vendor has two endpoints and the WebSocket server only answers GET upgrades
 (the token endpoint listens on ``token_port``; by default the WebSocket port + 1, or any free port when the

@@ -1,4 +1,4 @@
-"""AmiVoice Cloud Platform WebSocket protocol, sans I/O (``protocols/vendors.md`` section D).
+"""AmiVoice Cloud Platform WebSocket protocol, sans I/O (``docs/protocols/amivoice.md``).
 
 Client → server: ``s <audio_format> <engine> key=value …`` (text), ``p`` + audio (binary), ``e`` (text).
 Server → client: text frames whose first character is the tag, the payload after one space: ``s``/``p``/``e``
