@@ -15,7 +15,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from asr_daemon.emulators.base import EmulatorOptions, Fault
 from asr_daemon.emulators.iapp import IAppEmulator
-from asr_daemon.vendors import registry
 from asr_daemon.vendors.base import (
     FinalResult,
     PartialResult,
@@ -91,11 +90,6 @@ def finals(events: list[VendorEvent]) -> list[str]:
 # The adapter on its own
 
 
-def test_registry_finds_the_adapter_and_the_emulator() -> None:
-    assert registry.adapter_class("iapp") is IAppAdapter
-    assert registry.emulator_class("iapp") is IAppEmulator
-
-
 def test_settings_defaults_and_strictness() -> None:
     settings = IAppSettings()
     assert settings.languages == ["th", "th-TH"]
@@ -113,16 +107,6 @@ async def test_connect_request_sends_the_key_header_and_no_pings() -> None:
     assert request.ping_timeout is None
     assert adapter.secrets() == ["abc-123"]
     assert adapter.languages == ["th", "th-TH"]
-
-
-async def test_missing_key_fails_fatally_without_connecting() -> None:
-    async with emulator(["สวัสดีครับ"]) as emu:
-        stream = VendorStream(adapter_for(emu.url, key=None), THAI)
-        with pytest.raises(VendorFailure) as failed:
-            await stream.connect()
-        assert failed.value.error.fatal
-        assert "vendors.iapp.api_key" in failed.value.error.message
-        assert emu.streams == []
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -173,16 +173,6 @@ async def test_connect_requests() -> None:
     assert headers["X-Api-Key"] == KEY and "X-Api-App-Key" not in headers
 
 
-@pytest.mark.parametrize(
-    "adapter", [Zyun360Adapter(Zyun360Settings()), VolcengineAdapter(VolcengineSettings(app_key=SecretStr(APP_ID)))]
-)
-async def test_missing_key_fails_before_connecting(adapter: Zyun360Adapter | VolcengineAdapter) -> None:
-    with pytest.raises(VendorFailure) as failed:
-        await adapter.prepare(StreamOptions(language="zh"))
-    assert failed.value.error.fatal
-    assert f"vendors.{adapter.name}.api_key" in failed.value.error.message
-
-
 def test_phrases_and_hotwords_reach_the_request() -> None:
     settings = Zyun360Settings(hotwords=["客厅灯", " 小爱 "])
     codec = Zyun360Adapter(settings).new_codec(StreamOptions(language="zh", phrases=("小爱", "空调")))

@@ -86,13 +86,6 @@ async def test_prepare_puts_the_key_in_the_url_and_nowhere_else() -> None:
     assert dict(request.headers) == {}
 
 
-async def test_prepare_without_any_key_is_fatal() -> None:
-    with pytest.raises(VendorFailure) as failed:
-        await adapter(TiroAdapter.default_url, key=None).prepare(OPTIONS)
-    assert failed.value.error.fatal
-    assert "vendors.tiro.api_key" in failed.value.error.message
-
-
 def test_a_token_written_into_the_url_is_a_secret_too() -> None:
     assert adapter("ws://h/v2beta1/speech:streamingrecognize?token=in-url-key", key="k1234").secrets() == [
         "k1234",

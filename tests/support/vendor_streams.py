@@ -1,0 +1,72 @@
+"""The cloud vendors the stream suite runs against (adapter + codec over the shared transport, against the
+vendor's emulator), as a table: tests/test_vendor_streams.py runs the same cases over every row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from asr_daemon.emulators.amivoice import AmiVoiceEmulator
+from asr_daemon.emulators.base import Emulator
+from asr_daemon.emulators.iapp import IAppEmulator
+from asr_daemon.emulators.sauc import VolcengineEmulator, Zyun360Emulator
+from asr_daemon.emulators.tiro import TiroEmulator
+from asr_daemon.emulators.yating import YatingEmulator
+from asr_daemon.vendors.amivoice.adapter import AmiVoiceAdapter
+from asr_daemon.vendors.base import StreamOptions, VendorAdapter
+from asr_daemon.vendors.iapp.adapter import IAppAdapter
+from asr_daemon.vendors.sauc.adapter import VolcengineAdapter, Zyun360Adapter
+from asr_daemon.vendors.tiro.adapter import TiroAdapter
+from asr_daemon.vendors.yating.adapter import YatingAdapter
+
+
+def _streams_opened(emu: Any) -> int:
+    return len(emu.streams)
+
+
+def _yating_requests(emu: YatingEmulator) -> int:
+    # A stream starts by buying a token: asking the token endpoint is contacting the vendor.
+    return len(emu.token_requests) + len(emu.streams)
+
+
+@dataclass(frozen=True)
+class VendorStreams:
+    name: str  # vendors.<name> in the daemon's configuration, and its registry name
+    adapter_class: type[VendorAdapter]
+    emulator_class: type[Emulator]
+    language: str
+    # Settings beyond url and api_key that reaching this emulator takes.
+    settings: Callable[[Any], dict[str, Any]] = lambda _: {}
+    requests_seen: Callable[[Any], int] = _streams_opened  # how often the vendor was contacted
+
+    def adapter(self, emu: Emulator, **settings: Any) -> VendorAdapter:
+        values = {"url": emu.url, **self.settings(emu), **settings}
+        return self.adapter_class(self.adapter_class.settings_model.model_validate(values))
+
+    @property
+    def options(self) -> StreamOptions:
+        return StreamOptions(language=self.language)
+
+
+VENDORS = (
+    VendorStreams("amivoice", AmiVoiceAdapter, AmiVoiceEmulator, "ja"),
+    VendorStreams("iapp", IAppAdapter, IAppEmulator, "th"),
+    VendorStreams("tiro", TiroAdapter, TiroEmulator, "is"),
+    VendorStreams(
+        "yating",
+        YatingAdapter,
+        YatingEmulator,
+        "zh-TW",
+        settings=lambda emu: {"token_url": emu.token_url},
+        requests_seen=_yating_requests,
+    ),
+    VendorStreams("zyun360", Zyun360Adapter, Zyun360Emulator, "zh-CN"),
+    VendorStreams(
+        "volcengine",
+        VolcengineAdapter,
+        VolcengineEmulator,
+        "zh-CN",
+        settings=lambda _: {"app_key": "8712345678"},
+    ),
+)
