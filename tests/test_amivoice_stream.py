@@ -159,12 +159,6 @@ async def test_idle_cut_mid_stream_is_an_error_not_a_completion() -> None:
     assert not any(isinstance(e, StreamCompleted) for e in events)
 
 
-async def test_dropped_connection_is_an_error() -> None:
-    async with emulator(fault=Fault.DROP, fault_after_bytes=16000) as emu:
-        events = await run_stream(VendorStream(adapter(emu.url), OPTIONS), utterance("hello there"), timeout=5)
-    assert isinstance(events[-1], VendorError) and not events[-1].fatal
-
-
 async def test_unreachable_vendor_fails_to_connect() -> None:
     async with emulator() as emu:
         url = emu.url
