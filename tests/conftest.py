@@ -1,11 +1,12 @@
-"""Suite-wide: every log line the daemon's code writes during the run is kept, unfiltered, so the last test
-can prove that no key used anywhere in the suite was ever written into a log message."""
+"""Suite-wide: every log line the daemon's code writes during the run (in this process, and what tests read from
+daemons they start as subprocesses) is kept, unfiltered; when the session ends, any key configured anywhere in the
+suite that appears in one of those lines fails the run, whichever tests ran and in whatever order."""
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,18 @@ import pytest
 KEYS_USED = ("test-key", "the-real-key", "amivoice-secret-4711", "test-app", "from-credentials-dir", "abcd1234")
 
 _LOG = Path(__file__).resolve().parent / ".logs-of-the-run.txt"
+_LOG_FILE = _LOG.open("w", encoding="utf-8")
+
+
+def keep_daemon_output(source: str, text: str) -> None:
+    """Adds what a daemon started as a subprocess wrote (its stderr log) to the lines checked for keys."""
+    for line in text.splitlines():
+        _LOG_FILE.write(f"{source}: {line}\n")
 
 
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.file = _LOG.open("w", encoding="utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -28,7 +35,7 @@ class _Capture(logging.Handler):
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
         except Exception:  # a broken log call is another test's business
             return
-        self.file.write(f"{record.name}: {text}\n")
+        _LOG_FILE.write(f"{record.name}: {text}\n")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,7 +50,34 @@ def all_daemon_logs() -> Iterator[Path]:
     finally:
         logger.removeHandler(capture)
         logger.setLevel(previous)
-        capture.file.close()
+
+
+def lines_with_keys(text: str) -> list[tuple[str, str]]:
+    """(key, line) for every log line that contains a configured key."""
+    return [(key, line) for line in text.splitlines() for key in KEYS_USED if key in line]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, object, object]:
+    # A wrapper, so the check runs after every fixture (and the daemons they started) has been torn down.
+    result = yield
+    _LOG_FILE.close()
+    leaks = lines_with_keys(_LOG.read_text(encoding="utf-8"))
+    if leaks:
+        report = [f"FAILED: {len(leaks)} log line(s) of the run contain a configured key:"]
+        report += [f"  {key!r} in: {line[:300]}" for key, line in leaks[:20]]
+        report.append(f"  (all lines: {_LOG})")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_sep("=", "configured keys in the logs of the run", red=True, bold=True)
+        for line in report:
+            if reporter is not None:
+                reporter.write_line(line, red=True, bold=True)
+            else:
+                print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return result
 
 
 # A systemd notification socket the daemon under test writes READY/WATCHDOG datagrams to.

@@ -159,22 +159,6 @@ async def test_idle_cut_mid_stream_is_an_error_not_a_completion() -> None:
     assert not any(isinstance(e, StreamCompleted) for e in events)
 
 
-async def test_dropped_connection_is_an_error() -> None:
-    async with emulator(fault=Fault.DROP, fault_after_bytes=16000) as emu:
-        events = await run_stream(VendorStream(adapter(emu.url), OPTIONS), utterance("hello there"), timeout=5)
-    assert isinstance(events[-1], VendorError) and not events[-1].fatal
-
-
-async def test_missing_key_fails_before_contacting_the_vendor() -> None:
-    async with emulator() as emu:
-        stream = VendorStream(AmiVoiceAdapter(AmiVoiceSettings(url=emu.url)), OPTIONS)
-        with pytest.raises(VendorFailure) as failure:
-            await stream.connect()
-    assert failure.value.error.fatal
-    assert "vendors.amivoice.api_key" in failure.value.error.message
-    assert emu.streams == []
-
-
 async def test_unreachable_vendor_fails_to_connect() -> None:
     async with emulator() as emu:
         url = emu.url

@@ -16,6 +16,7 @@ import pytest
 from asr_daemon import __version__
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
+from tests.conftest import keep_daemon_output
 from tests.support.speech import have_speech_tools, utterance, wav
 from tests.support.wyoming import describe, transcribe
 
@@ -126,6 +127,7 @@ async def test_sigterm_lets_the_in_flight_utterance_finish_then_exits_zero(
         assert daemon.returncode == 0
         assert daemon.stderr is not None
         log = (await daemon.stderr.read()).decode()
+        keep_daemon_output("daemon stderr", log)
         assert "stopped" in log
         assert f"event loop: {event_loop}" in log
         assert "test-key" not in log

@@ -18,6 +18,7 @@ from asr_daemon.emulators.iapp import IAppEmulator
 from asr_daemon.emulators.sauc import VolcengineEmulator, Zyun360Emulator
 from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.emulators.yating import YatingEmulator
+from tests.conftest import keep_daemon_output
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, utterance, wav
 from tests.support.wyoming import describe, transcribe
@@ -87,6 +88,7 @@ async def test_transcribe_command_works_for_every_vendor(vendor: str, tmp_path: 
             "--pace", "0", str(audio), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 60)
+    keep_daemon_output(f"transcribe --vendor {vendor} stderr", err.decode())
     assert process.returncode == 0, err.decode()
     assert out.decode().strip() == sentence
     assert "test-key" not in err.decode()
