@@ -16,7 +16,9 @@ from tests.support.streams import events_until_done
 from tests.support.vendor_streams import VENDORS, VendorStreams
 
 every_vendor = pytest.mark.parametrize("vendor", VENDORS, ids=[vendor.name for vendor in VENDORS])
-REFUSERS = [vendor for vendor in VENDORS if vendor.refuses_key_within is not None]
+REFUSERS = [vendor for vendor in VENDORS if vendor.refuses_key_at_upgrade]
+# Well inside the 5 s a vendor that owes an answer gets, with room for a busy machine.
+REFUSED_WITHIN = 4.0
 # The SAUC vendors share one codec and emulator; one of them stands for both where the stream itself is tested.
 DROPPERS = [vendor for vendor in VENDORS if vendor.name != "volcengine"]
 
@@ -49,12 +51,12 @@ async def test_missing_key_fails_fatally_without_contacting_the_vendor(vendor: V
 
 @pytest.mark.parametrize("vendor", REFUSERS, ids=[vendor.name for vendor in REFUSERS])
 async def test_wrong_key_is_refused_fatally_and_at_once(vendor: VendorStreams) -> None:
-    assert vendor.refuses_key_within is not None
+    assert vendor.refuses_key_at_upgrade
     emu = vendor.emulator_class(EmulatorOptions(script=["-"]))
     async with emu.running():
         stream = VendorStream(vendor.adapter(emu, api_key="wrong-key"), vendor.options)
-        # Refused at the upgrade: no waiting for a timeout.
-        async with asyncio.timeout(vendor.refuses_key_within):
+        # Refused at the upgrade: an answer, not the response timeout (5 s) running out.
+        async with asyncio.timeout(REFUSED_WITHIN):
             with pytest.raises(VendorFailure) as failed:
                 await stream.connect()
     error = failed.value.error

@@ -61,9 +61,9 @@ class VendorStreams:
     # Settings beyond url and api_key that reaching this emulator takes.
     settings: Callable[[Any], dict[str, Any]] = lambda _: {}
     requests_seen: Callable[[Any], int] = _streams_opened  # how often the vendor was contacted
-    # A wrong key refused at the upgrade (or token request): within how many seconds, and what the error says.
-    # None: the vendor accepts the upgrade and refuses in the stream (a vendor-only case).
-    refuses_key_within: float | None = None
+    # A wrong key refused at the upgrade (or token request), and what the error says; False: the vendor accepts
+    # the upgrade and refuses in the stream (a vendor-only case).
+    refuses_key_at_upgrade: bool = False
     check_refusal: Callable[[VendorError, Any], None] = _no_check
     # A connection cut mid-stream: after how many bytes of audio, and what the error says (None: not checked).
     drop_after_bytes: int = 6400
@@ -80,13 +80,13 @@ class VendorStreams:
 
 VENDORS = (
     VendorStreams("amivoice", AmiVoiceAdapter, AmiVoiceEmulator, "ja", drop_after_bytes=16000),
-    VendorStreams("iapp", IAppAdapter, IAppEmulator, "th", refuses_key_within=2.0, check_refusal=_iapp_refusal),
+    VendorStreams("iapp", IAppAdapter, IAppEmulator, "th", refuses_key_at_upgrade=True, check_refusal=_iapp_refusal),
     VendorStreams(
         "tiro",
         TiroAdapter,
         TiroEmulator,
         "is",
-        refuses_key_within=1.0,
+        refuses_key_at_upgrade=True,
         check_refusal=_tiro_refusal,
         drop_after_bytes=9600,
         drop_message="before the end of the audio",
@@ -98,13 +98,13 @@ VENDORS = (
         "zh-TW",
         settings=lambda emu: {"token_url": emu.token_url},
         requests_seen=_yating_requests,
-        refuses_key_within=1.0,
+        refuses_key_at_upgrade=True,
         check_refusal=_yating_refusal,
         drop_after_bytes=6000,
         drop_message="closed the connection before completing",
     ),
     VendorStreams(
-        "zyun360", Zyun360Adapter, Zyun360Emulator, "zh-CN", refuses_key_within=2.0, check_refusal=_sauc_refusal
+        "zyun360", Zyun360Adapter, Zyun360Emulator, "zh-CN", refuses_key_at_upgrade=True, check_refusal=_sauc_refusal
     ),
     VendorStreams(
         "volcengine",
@@ -112,7 +112,7 @@ VENDORS = (
         VolcengineEmulator,
         "zh-CN",
         settings=lambda _: {"app_key": "8712345678"},
-        refuses_key_within=2.0,
+        refuses_key_at_upgrade=True,
         check_refusal=_sauc_refusal,
     ),
 )
