@@ -236,8 +236,8 @@ class MicSettings(BaseModel):
     pre_roll_seconds: float = Field(
         default=1.0, ge=0, le=5, description="Audio before detected speech that is sent with the utterance"
     )
-    retry_min_delay: float = Field(default=1.0, gt=0, le=60, description="First wait before reopening a lost device")
-    retry_max_delay: float = Field(default=30.0, gt=0, le=3600, description="Longest wait between reopening attempts")
+    retry_min_delay: float = Field(default=1.0, gt=0, le=60, description="First ceiling of the random wait")
+    retry_max_delay: float = Field(default=30.0, gt=0, le=3600, description="Largest ceiling of the random wait")
 
     @field_validator("vendor")
     @classmethod
@@ -266,8 +266,8 @@ class MqttSettings(BaseModel):
     discovery_prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
     partials: bool = Field(default=True, description="Publish partial transcripts (QoS 0)")
     keepalive: int = Field(default=60, ge=5, le=3600, description="MQTT keepalive in seconds")
-    reconnect_min_delay: float = Field(default=1.0, gt=0, le=60, description="First wait before reconnecting")
-    reconnect_max_delay: float = Field(default=60.0, gt=0, le=3600, description="Longest wait between reconnects")
+    reconnect_min_delay: float = Field(default=1.0, gt=0, le=60, description="First ceiling of the random wait")
+    reconnect_max_delay: float = Field(default=60.0, gt=0, le=3600, description="Largest ceiling of the random wait")
     spool_dir: str | None = Field(
         default=None,
         description="Where finals wait while the broker is unreachable; default: $STATE_DIRECTORY/mqtt-spool "

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,6 +42,7 @@ import aiomqtt
 
 from .. import __version__
 from ..events import AsrEvent, EventKind
+from ..resilience.backoff import Backoff
 from ..settings import ConfigError, MqttSettings
 from .spool import Spool
 
@@ -285,14 +285,15 @@ class MqttSink:
 
     async def _run(self) -> None:
         settings = self.settings
-        delay = settings.reconnect_min_delay
+        backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         where = f"{settings.host}:{settings.port}"
         while not self._closing:
+            delay: float | None = None
             client = self._client()
             try:
                 async with client:
                     self.connections += 1
-                    delay = settings.reconnect_min_delay
+                    backoff.reset()
                     self.connected.set()
                     _LOGGER.info(
                         "mqtt: connected to %s as %s (%d final(s) spooled)", where, self.client_id, len(self.spool)
@@ -302,16 +303,17 @@ class MqttSink:
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     return
+                delay = backoff.next_delay()
                 _LOGGER.warning("mqtt: %s: %s; retrying in %.1f s", where, exc or type(exc).__name__, delay)
             except Exception:
+                delay = backoff.next_delay()
                 _LOGGER.exception("mqtt: unexpected failure; reconnecting in %.1f s", delay)
             finally:
                 self.connected.clear()
                 self._live.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                async with asyncio.timeout(backoff.next_delay() if delay is None else delay):
                     await self._closed.wait()
-            delay = min(delay * 2, settings.reconnect_max_delay)
 
     async def _serve(self, client: aiomqtt.Client) -> bool:
         """Run one connection; True when it ended because the sink is closing (offline was published)."""

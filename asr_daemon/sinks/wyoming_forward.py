@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from types import TracebackType
 
@@ -33,6 +32,7 @@ from wyoming.event import Event
 from wyoming.vad import VoiceStarted, VoiceStopped
 
 from ..events import AsrEvent, EventKind
+from ..resilience.backoff import Backoff
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ def wyoming_event(event: AsrEvent) -> Event | None:
 class _Forwarder:
     def __init__(self, uri: str, min_delay: float, max_delay: float) -> None:
         self.uri = uri
-        self.min_delay = min_delay
-        self.max_delay = max_delay
+        self.backoff = Backoff(min_delay, max_delay)
         self.pending: deque[Event] = deque(maxlen=MAX_PENDING)
         self.sent = 0
         self._wake = asyncio.Event()
@@ -86,7 +85,6 @@ class _Forwarder:
             await self._task
 
     async def _run(self) -> None:
-        delay = self.min_delay
         while True:
             while not self.pending:
                 self._wake.clear()
@@ -96,7 +94,7 @@ class _Forwarder:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await client.connect()
                 _LOGGER.info("event forwarding: connected to %s", self.uri)
-                delay = self.min_delay
+                self.backoff.reset()
                 while True:
                     while self.pending:
                         async with asyncio.timeout(WRITE_TIMEOUT):
@@ -108,14 +106,14 @@ class _Forwarder:
                     self._wake.clear()
                     await self._wake.wait()
             except (OSError, TimeoutError, ConnectionError) as exc:
+                delay = self.backoff.next_delay()
                 _LOGGER.warning(
                     "event forwarding to %s failed (%s); retrying in %.1f s", self.uri, exc or type(exc).__name__, delay
                 )
             finally:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.max_delay)
+            await asyncio.sleep(delay)
 
 
 class WyomingForwardSink:

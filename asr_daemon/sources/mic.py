@@ -40,6 +40,7 @@ from ..audio.vad import (
 )
 from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
+from ..resilience.backoff import Backoff
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, Transcript, open_session
@@ -393,7 +394,7 @@ class MicSource:
     # -- the device --------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self.settings.retry_min_delay
+        backoff = Backoff(self.settings.retry_min_delay, self.settings.retry_max_delay)
         while True:
             capture = Capture(self.settings)
             listened_since: float | None = None
@@ -416,16 +417,16 @@ class MicSource:
                     _LOGGER.exception("microphone: capture failed")
                 self.failures += 1
                 if listened_since is not None and time.monotonic() - listened_since > 60:
-                    delay = self.settings.retry_min_delay
+                    backoff.reset()
+                delay = backoff.next_delay()
                 self._end_utterance("device lost")
-                message = f"{exc}; retrying in {delay:g} s"
+                message = f"{exc}; retrying in {delay:.1f} s"
                 if self.state != "unavailable":
                     _LOGGER.warning("microphone %s: %s", self.settings.device or "default", message)
                 else:
                     _LOGGER.debug("microphone %s: %s", self.settings.device or "default", message)
                 self._set_state("unavailable", str(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_delay)
 
     async def _listen(self, capture: Capture, fmt: CaptureFormat) -> None:
         normaliser = AudioNormaliser(PCM16K)
