@@ -46,14 +46,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, NamedTuple, Self
+from typing import Literal, NamedTuple, Self
 
 import ifaddr
 from zeroconf import IPVersion, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-if TYPE_CHECKING:
-    from .settings import WyomingSettings
+from .settings import WyomingSettings, check_instance_name
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,9 +82,6 @@ _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
 _IFF_MULTICAST = 0x1000
-
-# A DNS label: the instance name must fit in one.
-_MAX_NAME_BYTES = 63
 
 
 AdvertiserState = Literal["stopped", "starting", "announced", "no-address", "name-conflict", "failed"]
@@ -302,17 +298,6 @@ def describe(addresses: Sequence[LanAddress], port: int) -> str:
         f"[{a.address}]:{port} ({a.interface})" if ":" in a.address else f"{a.address}:{port} ({a.interface})"
         for a in addresses
     )
-
-
-def check_instance_name(name: str) -> str:
-    """The name, if it can be a DNS-SD instance name; ValueError saying why not otherwise."""
-    if not name.strip():
-        raise ValueError("zeroconf name is empty")
-    if len(name.encode()) > _MAX_NAME_BYTES:
-        raise ValueError(f"zeroconf name {name!r} is longer than {_MAX_NAME_BYTES} bytes")
-    if "." in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ValueError(f"zeroconf name {name!r} may not contain dots or control characters")
-    return name
 
 
 class ZeroconfAdvertiser:

@@ -28,10 +28,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .credentials import CredentialFileError, resolve_secret
+from .install_hints import LOCAL_INSTALL_HINT
 from .networks import Network, check_networks, parse_networks
 from .redact import redact, register_secret
 from .resilience.policy import ResiliencePolicy
-from .setup_check import LOCAL_INSTALL_HINT
 from .vendors import registry
 from .vendors.base import VendorSettings
 
@@ -53,6 +53,21 @@ PRIVATE_NETWORKS = (
     "fc00::/7",
     "fe80::/10",
 )
+
+
+# A DNS label: a DNS-SD instance name must fit in one.
+_MAX_INSTANCE_NAME_BYTES = 63
+
+
+def check_instance_name(name: str) -> str:
+    """The name, if it can be a DNS-SD instance name; ValueError saying why not otherwise."""
+    if not name.strip():
+        raise ValueError("zeroconf name is empty")
+    if len(name.encode()) > _MAX_INSTANCE_NAME_BYTES:
+        raise ValueError(f"zeroconf name {name!r} is longer than {_MAX_INSTANCE_NAME_BYTES} bytes")
+    if "." in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError(f"zeroconf name {name!r} may not contain dots or control characters")
+    return name
 
 
 class WyomingSettings(BaseModel):
@@ -106,8 +121,6 @@ class WyomingSettings(BaseModel):
     @classmethod
     def _check_zeroconf_name(cls, value: str | None) -> str | None:
         if value is not None:
-            from .discovery import check_instance_name
-
             check_instance_name(value)
         return value
 

@@ -17,19 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+from .install_hints import LOCAL_INSTALL_HINT, MIC_INSTALL_HINT
 from .redact import redact
 
 if TYPE_CHECKING:
     from .settings import Settings
     from .vendors.base import VendorAdapter
 
-# The package is on no index: these are what install an extra from a checkout.
-LOCAL_INSTALL_HINT = (
-    "sudo scripts/install --with-local (the installed service), or scripts/setup (a checkout's .venv)"
-)
-MIC_INSTALL_HINT = (
-    "sudo scripts/install --with-mic (the installed service), or .venv/bin/pip install -e '.[mic]' (a checkout)"
-)
 
 # Modules the microphone imports: PyAudio always, pymicro-vad unless every sound is streamed.
 _MIC_MODULES = {"pyaudio": "PyAudio", "pymicro_vad": "pymicro-vad"}

@@ -12,7 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .load import StreamResult
-    from .run import LevelRun, Run
+    from .plan import LevelRun, Run
 
 MB = 1024 * 1024
 QUANTILES = (50, 95, 99)

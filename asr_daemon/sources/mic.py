@@ -40,12 +40,12 @@ from ..audio.vad import (
 )
 from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
+from ..install_hints import MIC_INSTALL_HINT
 from ..resilience.backoff import Backoff
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, Transcript, open_session
 from ..settings import MicSettings
-from ..setup_check import MIC_INSTALL_HINT
 from ..vendors.base import PCM16K, AudioFormat, StreamOptions, VendorAdapter
 
 _LOGGER = logging.getLogger(__name__)

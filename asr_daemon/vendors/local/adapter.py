@@ -150,7 +150,7 @@ class LocalAdapter(VendorAdapter):
         return LocalCodec()
 
     def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> LocalStream:
-        stream = LocalStream(self, options, policy)
+        stream = LocalStream(self, self.engine, options, policy)
         if self._problem is not None:
             stream.fail_on_connect(VendorError(self._problem, fatal=True))
         return stream

@@ -27,16 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ...resilience.policy import DEFAULT_POLICY, ResiliencePolicy
-from ..base import StreamOptions, VendorError, VendorEvent, VendorFailure
+from ..base import StreamOptions, VendorAdapter, VendorError, VendorEvent, VendorFailure
 from ..transport import VendorStream
 from .codec import Boundary, LocalCodec, SpeechSegmenter
 from .grammar import EngineUnavailable, Grammar, import_pocketsphinx, model_paths
-
-if TYPE_CHECKING:
-    from .adapter import LocalAdapter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -289,14 +286,17 @@ _STOP = _Marker("stop")
 class LocalStream(VendorStream):
     """A recognition stream decoded on this machine by a worker thread."""
 
-    adapter: LocalAdapter
     codec: LocalCodec
 
     def __init__(
-        self, adapter: LocalAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY
+        self,
+        adapter: VendorAdapter,
+        engine: LocalEngine,
+        options: StreamOptions,
+        policy: ResiliencePolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__(adapter, options, policy)
-        self.engine: LocalEngine = adapter.engine
+        self.engine = engine
         self._inbox: queue.Queue[bytes | _Marker] = queue.Queue(MAX_QUEUED_CHUNKS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ...setup_check import LOCAL_INSTALL_HINT
+from ...install_hints import LOCAL_INSTALL_HINT
 
 # The acoustic model, dictionary and language model inside the wheel: US English.
 MODEL_LANGUAGE = "en-us"

@@ -1,0 +1,92 @@
+"""What a benchmark run is asked to do (``Plan``) and what it measured (``Run``): shared by the runner and the
+report, so the report needs nothing from the runner."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .load import StreamResult
+from .scenario import CASES
+
+
+@dataclass
+class Plan:
+    levels: tuple[int, ...] = (1, 10, 50, 100)
+    # Streams wanted per path and level (rounded up to whole iterations of every client); level 1 gets its own.
+    samples: int = 200
+    samples_single: int = 100
+    min_iterations: int = 2
+    # 1 = real time; the tiny smoke run goes faster.
+    pace: float = 1.0
+    # Bytes per Wyoming audio-chunk: 1024 = 32 ms. Home Assistant's voice pipeline sends 320 (10 ms, as seen on
+    # the wire): three times the wake-ups per audio second (--piece-bytes 320; figures in RESULTS.md's notes).
+    piece_bytes: int = 1024
+    startups: int = 5
+    describes: int = 50
+    # Per level: seconds the wake-up floor (floor.py) gets the level's chunks; 0 = not measured.
+    floor_seconds: float = 10.0
+    idle_seconds: float = 3.0
+    vendors: tuple[str, ...] = tuple(case.vendor for case in CASES)
+    profile: bool = False
+    # Keep the daemon's configs and logs here (default: a temporary directory, removed at the end).
+    keep: Path | None = None
+    name: str = "full"
+
+    def iterations(self, level: int) -> int:
+        wanted = self.samples_single if level == 1 else self.samples
+        return max(self.min_iterations, math.ceil(wanted / level))
+
+
+PRESETS: dict[str, Plan] = {
+    "full": Plan(),
+    "quick": Plan(
+        samples=100, samples_single=30, startups=3, describes=30, idle_seconds=2.0, floor_seconds=5.0, name="quick"
+    ),
+    # CI's smoke run: proves the machinery works end to end in seconds; its figures mean nothing.
+    "tiny": Plan(
+        levels=(1, 5),
+        samples=1,
+        samples_single=1,
+        min_iterations=1,
+        pace=4.0,
+        startups=1,
+        describes=3,
+        idle_seconds=0.3,
+        floor_seconds=0.5,
+        name="tiny",
+    ),
+}
+
+
+@dataclass
+class LevelRun:
+    level: int
+    iterations: int
+    wall_seconds: float
+    results: list[StreamResult]
+    daemon_cpu_seconds: float
+    clients_cpu_seconds: float
+    emulators_cpu_seconds: float
+    other_cpu_seconds: float
+    rss_samples: list[int]
+    describe_seconds: list[float]
+    clients_loop_lag: list[float]
+    emulators_loop_lag: list[float]
+    profile: str | None = None
+    # The wake-up floor at this level (floor.py): its CPU seconds for the audio seconds it was sent.
+    floor_cpu_seconds: float | None = None
+    floor_audio_seconds: float | None = None
+
+
+@dataclass
+class Run:
+    plan: Plan
+    startups: list[dict[str, Any]] = field(default_factory=list)
+    idle: dict[str, Any] = field(default_factory=dict)
+    warmup: list[StreamResult] = field(default_factory=list)
+    levels: list[LevelRun] = field(default_factory=list)
+    after: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
