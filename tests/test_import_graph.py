@@ -79,6 +79,38 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The flow, top to bottom: a module may import its own layer and the layers below it, never one above.
+# A name covers a package or module and what is under it, the longest name wins; modules not named here
+# (settings, events, text, redact, ...) are leaves, the bottom layer.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("__main__", "daemon", "info", "setup_check", "service", "discovery"),
+    ("sources", "sinks", "service.metrics"),
+    ("utterance", "session", "routing"),
+    ("vendors", "emulators"),
+    ("resilience", "audio"),
+)
+# Arrows that still point up: the pre-warm pool holds vendor streams, and the settings model is assembled from
+# the vendors' settings models and the resilience policy.
+ALLOWED_UP_ARROWS = {
+    ("asr_daemon.resilience.prewarm", "asr_daemon.vendors.base"),
+    ("asr_daemon.resilience.prewarm", "asr_daemon.vendors.transport"),
+    ("asr_daemon.settings", "asr_daemon.vendors.base"),
+    ("asr_daemon.settings", "asr_daemon.vendors.registry"),
+    ("asr_daemon.settings", "asr_daemon.resilience.policy"),
+}
+
+
+def layer(module: str) -> int:
+    inner = module.removeprefix("asr_daemon").removeprefix(".")
+    named = [
+        (len(name), rank)
+        for rank, names in enumerate(LAYERS)
+        for name in names
+        if inner == name or inner.startswith(name + ".")
+    ]
+    return max(named)[1] if named else len(LAYERS)
+
+
 def test_the_graph_is_read_from_the_package() -> None:
     graph = import_graph()
     assert "asr_daemon.settings" in graph["asr_daemon.daemon"]
@@ -89,3 +121,17 @@ def test_the_graph_is_read_from_the_package() -> None:
 def test_no_module_imports_itself_through_others() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_every_import_runs_down_the_flow() -> None:
+    graph = import_graph()
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.startswith("asr_daemon")
+        for target in targets
+        if target.startswith("asr_daemon")
+        and layer(target) < layer(module)
+        and (module, target) not in ALLOWED_UP_ARROWS
+    )
+    assert not upward, "imports against the flow:\n" + "\n".join(upward)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ..vendors.base import AudioFormat
+from .format import AudioFormat
 
 if TYPE_CHECKING:
     import numpy as np

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from ..audio.format import PCM16K, AudioFormat
 from ..audio.normalise import AudioNormaliser
 from ..audio.vad import (
     SpeechDetector,
@@ -46,7 +47,7 @@ from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, Transcript, open_session
 from ..settings import MicSettings
-from ..vendors.base import PCM16K, AudioFormat, StreamOptions, VendorAdapter
+from ..vendors.base import StreamOptions, VendorAdapter
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -19,35 +19,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+# The vendor contract speaks in these: importable from here too.
+from ..audio.format import PCM16K as PCM16K
+from ..audio.format import AudioFormat as AudioFormat
+
 if TYPE_CHECKING:
     from ..resilience.policy import ResiliencePolicy
     from .transport import VendorStream
 
 # A WebSocket message: ``str`` goes out as a text frame, ``bytes`` as a binary frame.
 Outgoing = str | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFormat:
-    """Raw PCM layout: samples per second, bytes per sample, interleaved channels."""
-
-    rate: int = 16000
-    width: int = 2
-    channels: int = 1
-
-    @property
-    def frame_bytes(self) -> int:
-        return self.width * self.channels
-
-    @property
-    def bytes_per_second(self) -> int:
-        return self.rate * self.frame_bytes
-
-    def bytes_for_ms(self, ms: int) -> int:
-        return self.bytes_per_second * ms // 1000
-
-
-PCM16K = AudioFormat(16000, 2, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------
