@@ -145,17 +145,17 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _LOGGER.debug("event loop: %s", type(asyncio.get_running_loop()).__module__)
     daemon = Daemon(settings)
+    # A start that fails has already undone what it started, whichever step failed.
     try:
         await daemon.start()
     except ConfigError as exc:
         print(f"asr-daemon: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
-        _LOGGER.error("cannot listen on %s: %s", settings.wyoming.uri, exc.strerror or exc)
+        _LOGGER.error("cannot start: %s", exc)
         return EXIT_FAILED
     except VendorFailure as failure:
         print(f"asr-daemon: cannot start: {failure.error.message}", file=sys.stderr)
-        await daemon.stop()
         return EXIT_CONFIG
     try:
         await daemon.wait_for_stop()

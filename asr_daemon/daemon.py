@@ -3,6 +3,7 @@
 Start: vendors and routes, the pre-built ``info``, the event bus and its sinks (MQTT, JSON lines, Wyoming
 forwarding), pre-warmed vendor connections, the Wyoming listener, the zeroconf announcement, the microphone,
 the health endpoint; then systemd hears READY=1 and the watchdog starts.
+Everything started sits on one exit stack: a failed start undoes what it had started, and stop unwinds it.
 Stop (SIGTERM/SIGINT): STOPPING=1, stop accepting, withdraw the announcement, let in-flight utterances
 (Wyoming and microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT
 says ``offline``).
@@ -98,10 +99,8 @@ class Daemon:
             allow=settings.wyoming.allowed_networks(),
             info=self.context.info,
         )
+        # Everything ``start`` started, undone by ``stop`` (see ``start`` for the order).
         self._stack = contextlib.AsyncExitStack()
-        # Sinks outlive the sources: they are closed last, after in-flight utterances had their say.
-        self._outputs = contextlib.AsyncExitStack()
-        self._mic_stack = contextlib.AsyncExitStack()
         self.mqtt: MqttSink | None = None
         self.mic: MicSource | None = None
         self._stop_requested = asyncio.Event()
@@ -114,7 +113,6 @@ class Daemon:
             )
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
-        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int | None:
@@ -129,39 +127,58 @@ class Daemon:
         for language in self.router.languages():
             adapter = self.router.route(language)
             _LOGGER.debug("route %s → %s", language, adapter.name if adapter else "-")
-        for adapter in self.router.adapters.values():
-            # Engines that load a model do it now, not during the first utterance.
-            await adapter.preload()
-        await self._start_outputs()
-        try:
+        # One stack owns everything started: a failure at any step undoes the steps before it, and ``stop``
+        # unwinds the same stack. Entries are made so that the reverse order is the stop order: stop accepting,
+        # withdraw the announcement, drain Wyoming and the microphone together, the health endpoint, then the
+        # pools and the sinks last (in-flight utterances have had their say).
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.notifier.close)
+            for adapter in self.router.adapters.values():
+                # Engines that load a model do it now, not during the first utterance.
+                await adapter.preload()
+            await self._start_outputs(stack)
             for pool in self.pools.values():
-                await self._outputs.enter_async_context(pool)
+                await stack.enter_async_context(pool)
+            stack.push_async_callback(self._stop_health)
             await self.server.start()
-        except BaseException:
-            await self._outputs.aclose()
-            raise
-        _LOGGER.info(
-            "asr-daemon %s listening on %s (port %s); vendors: %s; languages: %s",
-            __version__,
-            self.settings.wyoming.uri,
-            self.port,
-            ", ".join(self.router.adapters) or "none",
-            ", ".join(self.router.languages()) or "none",
-        )
-        if self.settings.wyoming.zeroconf:
-            await self._announce()
-        if self.settings.mic.enabled:
-            await self._start_mic()
-        if self.settings.health.port is not None and self.metrics is not None:
-            self.health = HealthServer(self.settings.health.host, self.settings.health.port, self.check, self.metrics)
-            await self.health.start()
-        self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
-        self.notifier.ready(self.status_line())
-        interval = watchdog_interval()
-        if interval is not None and self.notifier.enabled:
-            self._watchdog = asyncio.create_task(
-                run_watchdog(self.notifier, interval, self.listener_answers, self.status_line), name="watchdog"
+            sources = contextlib.AsyncExitStack()  # the microphone, closed while Wyoming drains
+            stack.push_async_callback(self._drain, sources)
+            _LOGGER.info(
+                "asr-daemon %s listening on %s (port %s); vendors: %s; languages: %s",
+                __version__,
+                self.settings.wyoming.uri,
+                self.port,
+                ", ".join(self.router.adapters) or "none",
+                ", ".join(self.router.languages()) or "none",
             )
+            if self.settings.wyoming.zeroconf:
+                await self._announce(stack)
+            stack.push_async_callback(self.server.stop_accepting)
+            if self.settings.mic.enabled:
+                await self._start_mic(sources)
+            if self.settings.health.port is not None and self.metrics is not None:
+                self.health = HealthServer(
+                    self.settings.health.host, self.settings.health.port, self.check, self.metrics
+                )
+                await self.health.start()
+            self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
+            self.notifier.ready(self.status_line())
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                watchdog = asyncio.create_task(
+                    run_watchdog(self.notifier, interval, self.listener_answers, self.status_line), name="watchdog"
+                )
+                stack.push_async_callback(_cancelled, watchdog)
+            self._stack = stack.pop_all()
+
+    async def _drain(self, sources: contextlib.AsyncExitStack) -> None:
+        # Already done on a normal stop; here too for a start that failed before it got that far.
+        await self.server.stop_accepting()
+        await asyncio.gather(self.server.drain(self.settings.limits.drain_timeout), sources.aclose())
+
+    async def _stop_health(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
 
     def status_line(self) -> str:
         """The one-line state systemd shows (``systemctl status``)."""
@@ -222,7 +239,7 @@ class Daemon:
         }
         return state is not None and self.vendor_states.healthy, detail
 
-    async def _start_outputs(self) -> None:
+    async def _start_outputs(self, stack: contextlib.AsyncExitStack) -> None:
         events = self.settings.events
         sinks: list[Any] = []
         if self.settings.mqtt.host:
@@ -241,10 +258,10 @@ class Daemon:
 
             sinks.append(WyomingForwardSink(events.forward_uris))
         for sink in sinks:
-            await self._outputs.enter_async_context(sink)
-            await self._outputs.enter_async_context(self.events.attached(sink, flush_timeout=events.flush_timeout))
+            await stack.enter_async_context(sink)
+            await stack.enter_async_context(self.events.attached(sink, flush_timeout=events.flush_timeout))
 
-    async def _start_mic(self) -> None:
+    async def _start_mic(self, stack: contextlib.AsyncExitStack) -> None:
         from .sources.mic import MicSource
 
         mic = self.settings.mic
@@ -264,9 +281,9 @@ class Daemon:
             _LOGGER.warning(
                 "microphone: no configured vendor serves it (mic.vendor %s, mic.language %s)", mic.vendor, mic.language
             )
-        await self._mic_stack.enter_async_context(self.mic)
+        await stack.enter_async_context(self.mic)
 
-    async def _announce(self) -> None:
+    async def _announce(self, stack: contextlib.AsyncExitStack) -> None:
         from .discovery import ZeroconfAdvertiser
 
         wyoming = self.settings.wyoming
@@ -280,7 +297,7 @@ class Daemon:
             bind_host=urlparse(wyoming.uri).hostname or "0.0.0.0",
             interfaces=wyoming.zeroconf_interfaces,
         )
-        await self._stack.enter_async_context(advertiser)
+        await stack.enter_async_context(advertiser)
         # READY=1 means "announced": give the first announcement a moment (it waits for the name check).
         try:
             async with asyncio.timeout(5.0):
@@ -307,18 +324,8 @@ class Daemon:
     async def stop(self) -> None:
         _LOGGER.info("stopping: no new connections; %d session(s) in flight", len(self.context.sessions))
         self.notifier.stopping()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
         self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="stopping"))
-        await self.server.stop_accepting()
         await self._stack.aclose()
-        await asyncio.gather(self.server.drain(self.settings.limits.drain_timeout), self._mic_stack.aclose())
-        if self.health is not None:
-            await self.health.stop()
-        await self._outputs.aclose()
-        self.notifier.close()
         _LOGGER.info("stopped")
 
     async def __aenter__(self) -> Daemon:
@@ -329,3 +336,9 @@ class Daemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
