@@ -13,6 +13,7 @@ from asr_daemon.emulators.iapp import IAppEmulator
 from asr_daemon.emulators.sauc import Zyun360Emulator
 from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.resilience.backoff import Backoff, RetryBudget
+from asr_daemon.resilience.policy import DEFAULT_POLICY
 from asr_daemon.resilience.replay import ConnectionTimeline, ReplayBuffer
 from tests.support.daemon import running_daemon
 from tests.support.faults import blackhole_scenario
@@ -160,3 +161,29 @@ async def test_a_vendor_dropping_after_each_final_more_often_than_max_failures_s
     assert result.error is None, result.error
     assert drops > max_failures, f"only {drops} drops: the test does not exercise the retry budget"
     assert result.text == "".join(script)
+
+
+async def test_a_pool_closed_mid_handshake_closes_the_half_open_stream() -> None:
+    from types import SimpleNamespace
+
+    from asr_daemon.resilience.prewarm import StreamPool
+
+    handshaking = asyncio.Event()
+
+    class HalfOpen:
+        closed_by_pool = False
+
+        async def connect(self) -> None:
+            handshaking.set()
+            await asyncio.Event().wait()  # the vendor never finishes the handshake
+
+        async def aclose(self) -> None:
+            self.closed_by_pool = True
+
+    stream = HalfOpen()
+    adapter = SimpleNamespace(
+        name="slow", languages=["en"], stream_variant=lambda options: None, open_stream=lambda options, policy: stream
+    )
+    async with StreamPool(adapter, DEFAULT_POLICY):  # type: ignore[arg-type]
+        await asyncio.wait_for(handshaking.wait(), 5)
+    assert stream.closed_by_pool

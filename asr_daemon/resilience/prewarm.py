@@ -85,6 +85,10 @@ class StreamPool:
                 _LOGGER.info("pre-warming %s failed (%s); again in %.1f s", self.adapter.name, exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                # The pool is closing mid-handshake: the half-open stream (its reader, its keepalive) goes too.
+                await stream.aclose()
+                raise
             if stream.closed:
                 await stream.aclose()
                 await asyncio.sleep(backoff.next_delay())
