@@ -484,17 +484,8 @@ class MicSource:
         started = time.time() - len(segment.audio) / PCM16K.bytes_per_second
         if adapter is None:
             wanted = self.settings.vendor or f"language {language!r}"
-            self.bus.publish(
-                AsrEvent(
-                    EventKind.ERROR,
-                    self.source,
-                    session=session_id,
-                    language=language,
-                    code="unsupported-language",
-                    message=f"no configured vendor for the microphone ({wanted})",
-                    started=started,
-                )
-            )
+            message = f"no configured vendor for the microphone ({wanted})"
+            self._refused(session_id, language, started, "unsupported-language", message)
             return
         charge = None
         if self.budget is not None:
@@ -530,14 +521,18 @@ class MicSource:
         if self._budget_logged is None or now - self._budget_logged >= BUDGET_LOG_INTERVAL:
             self._budget_logged = now
             _LOGGER.warning("%s: speech not transcribed: %s", self.source, spent.message)
+        self._refused(session_id, language, started, spent.code, spent.message)
+
+    def _refused(self, session_id: str, language: str | None, started: float, code: str, message: str) -> None:
+        """An utterance that got no session: its error event."""
         self.bus.publish(
             AsrEvent(
                 EventKind.ERROR,
                 self.source,
                 session=session_id,
                 language=language,
-                code=spent.code,
-                message=spent.message,
+                code=code,
+                message=message,
                 started=started,
             )
         )
