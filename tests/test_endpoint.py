@@ -1,0 +1,96 @@
+"""End of speech on real (espeak-ng) speech with background noise: ends after the silence, never at a pause."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+
+import pytest
+
+from asr_daemon.audio.endpoint import Endpointer, EndpointSettings
+from asr_daemon.audio.format import PCM16K, AudioFormat
+from tests.support.speech import RATE, have_speech_tools, silence, speech
+
+pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
+
+COMMAND = "turn on the kitchen light, and the hallway light"
+
+
+def noise(ms: int, colour: str = "pink", level_db: float = -40.0, seed: int = 1) -> bytes:
+    """``ms`` of sox-made noise (16 kHz mono s16le) at ``level_db`` dBFS peak-ish."""
+    return subprocess.run(
+        ["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"]
+        + ["synth", f"{ms / 1000}", f"{colour}noise", "vol", f"{level_db}dB"],
+        check=True,
+        capture_output=True,
+    ).stdout[: RATE * ms // 1000 * 2]
+
+
+def mix(speech_pcm: bytes, noise_pcm: bytes) -> bytes:
+    """Sample-wise sum, clipped; the noise runs as long as the speech."""
+    import numpy as np
+
+    a = np.frombuffer(speech_pcm, dtype="<i2").astype(np.int32)
+    b = np.frombuffer(noise_pcm, dtype="<i2").astype(np.int32)[: len(a)]
+    a[: len(b)] += b
+    return np.clip(a, -32768, 32767).astype("<i2").tobytes()
+
+
+def command_with_noise(text: str = COMMAND, tail_ms: int = 3000, colour: str = "pink") -> tuple[bytes, float]:
+    """Noise, the spoken command, then noise only; returns the audio and where the speech ends (seconds)."""
+    spoken = silence(500) + speech(text) + silence(tail_ms)
+    return mix(spoken, noise(len(spoken) * 1000 // 32000 + 10, colour)), (500 + len(speech(text)) / 32) / 1000
+
+
+def run(pcm: bytes, settings: EndpointSettings, chunk: int = 320, fmt: AudioFormat = PCM16K) -> tuple[Endpointer, float]:
+    """Feed ``pcm`` in ``chunk``-byte pieces; returns the endpointer and the audio time it first said ended."""
+    endpointer = Endpointer(settings, fmt)
+    ended_at = -1.0
+    for offset in range(0, len(pcm), chunk):
+        endpointer.feed(pcm[offset : offset + chunk])
+        if endpointer.ended and ended_at < 0:
+            ended_at = endpointer.audio_seconds
+    return endpointer, ended_at
+
+
+def test_a_command_ends_after_the_silence_not_at_its_pause() -> None:
+    settings = EndpointSettings()
+    pcm, speech_end = command_with_noise()
+    endpointer, ended_at = run(pcm, settings)
+    assert endpointer.speech_heard and endpointer.ended and not endpointer.no_speech
+    # Not before the last word, and not long after the silence it waits for.
+    assert speech_end + settings.silence_seconds <= ended_at + 0.02
+    assert ended_at <= speech_end + settings.silence_seconds + 0.4
+    assert speech_end - 0.1 <= endpointer.last_voiced_end <= speech_end + 0.3
+
+
+def test_noise_alone_is_no_speech_after_no_speech_seconds() -> None:
+    settings = EndpointSettings(no_speech_seconds=3.0)
+    pcm = noise(4000, "pink", -30.0)
+    endpointer = Endpointer(settings, PCM16K)
+    endpointer.feed(pcm[: 2 * RATE * 2])
+    assert not endpointer.no_speech and not endpointer.speech_heard
+    endpointer.feed(pcm[2 * RATE * 2 :])
+    assert endpointer.no_speech and not endpointer.speech_heard and not endpointer.ended
+    assert endpointer.last_voiced_end < 0.5
+
+
+def test_same_audio_same_result_whatever_the_chunk_sizes() -> None:
+    pcm, _ = command_with_noise()
+    settings = EndpointSettings()
+    reference, ended_at = run(pcm, settings, 320)
+    state = (reference.ended, reference.speech_heard, reference.last_voiced_end, ended_at)
+    for chunk in (1024, 7, 333, 4001):
+        endpointer, ended = run(pcm, settings, chunk)
+        # The first end is seen at the end of the chunk that holds it.
+        assert abs(ended - ended_at) <= chunk / 32000 + 0.01
+        assert (endpointer.ended, endpointer.speech_heard, endpointer.last_voiced_end) == state[:3]
+    # Random cuts too.
+    rng = random.Random(5)
+    endpointer = Endpointer(settings, PCM16K)
+    offset = 0
+    while offset < len(pcm):
+        step = rng.randint(1, 2000)
+        endpointer.feed(pcm[offset : offset + step])
+        offset += step
+    assert (endpointer.ended, endpointer.speech_heard, endpointer.last_voiced_end) == state[:3]
