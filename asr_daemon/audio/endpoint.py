@@ -36,7 +36,7 @@ class EndpointSettings:
     # Speech, in one stretch, before the utterance counts as having any.
     speech_seconds: float = 0.3
     # Audio without speech after which the utterance is given up as empty.
-    no_speech_seconds: float = 8.0
+    no_speech_seconds: float = 5.0
     # webrtcvad's mode: 0 (keeps the most speech) to 3 (filters the most noise).
     aggressiveness: int = DEFAULT_AGGRESSIVENESS
 
