@@ -50,6 +50,7 @@ from websockets.http11 import Request, Response
 from .base import (
     ClientTolerance,
     Emulator,
+    EmulatorOptions,
     Fault,
     ScriptedRecognizer,
     SegmentFinal,
@@ -308,8 +309,11 @@ class AmiVoiceEmulator(Emulator):
     client_tolerance: ClassVar[ClientTolerance] = ClientTolerance(
         client="AmiVoice's Wrp library sends it so", missing_version=True, unmasked_frames=True
     )
-    # Audio without detected speech before the vendor stops accepting it (600 s on the real service).
-    no_speech_limit_ms: int = 600_000
+
+    def __init__(self, options: EmulatorOptions | None = None, *, no_speech_limit_ms: int = 600_000) -> None:
+        super().__init__(options)
+        # Audio without detected speech before the vendor stops accepting it (600 s on the real service).
+        self.no_speech_limit_ms = no_speech_limit_ms
 
     @property
     def url(self) -> str:
