@@ -23,7 +23,9 @@ The wire, as documented:
 Choices where the vendor publishes nothing (the protocol page's "where the documents are silent"): the checks
 run in the order authorization, audio format, grammar; a missing or unknown engine is answered ``s received
 illegal grammar file names``; a malformed command (bad quoting, a text ``p``, a second ``s`` or an ``e``
-outside a session) is answered ``<tag> received illegal command``. Every client mistake is also recorded as a
+outside a session) is answered ``<tag> received illegal command``; a ``p`` outside a session (none started, or
+the ``s`` refused) is answered ``p can't feed audio data to recognizer server``. What the service answers to
+``p`` and ``e`` after a refused ``s`` is a guess. Every client mistake is also recorded as a
 violation; a wrong key or an unknown engine is a configuration error, not a protocol violation, so it is
 answered but not recorded.
 
