@@ -418,3 +418,31 @@ async def test_emulate_tls_prints_a_certificate_that_clients_trust(tmp_path: Pat
         process.terminate()
         await asyncio.wait_for(process.wait(), WAIT)
     assert not await asyncio.to_thread(certificate.exists), "the certificate's directory is removed at exit"
+
+
+# -- the frame rewriter -----------------------------------------------------------------------------------
+
+
+def test_unmasked_frames_get_a_zero_mask_however_the_bytes_are_split() -> None:
+    from asr_daemon.emulators.base import ClientFrameRewriter, ClientTolerance
+
+    request = b"GET /v1/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    payloads = [b"s LSB16K -a-general", b"p" + bytes(300), b"p" + bytes(70000), b"e"]
+    opcodes = [TEXT, BINARY, BINARY, TEXT]
+    sent = bytearray(request)
+    expected = bytearray(request)
+    for opcode, payload in zip(opcodes, payloads, strict=True):
+        length = len(payload)
+        if length < 126:
+            size, masked_size = bytes((length,)), bytes((0x80 | length,))
+        elif length < 65536:
+            size, masked_size = bytes((126,)) + length.to_bytes(2, "big"), bytes((0xFE,)) + length.to_bytes(2, "big")
+        else:
+            size, masked_size = bytes((127,)) + length.to_bytes(8, "big"), bytes((0xFF,)) + length.to_bytes(8, "big")
+        sent += bytes((0x80 | opcode,)) + size + payload
+        expected += bytes((0x80 | opcode,)) + masked_size + b"\0\0\0\0" + payload
+    for step in (1, 7, 4096, len(sent)):
+        rewriter = ClientFrameRewriter(ClientTolerance(unmasked_frames=True))
+        out = b"".join(rewriter.feed(bytes(sent[i : i + step])) for i in range(0, len(sent), step))
+        assert out == bytes(expected), step
+        assert rewriter.unmasked == 4 and rewriter.text_frames == 0
