@@ -113,9 +113,11 @@ HA_VENV = "/opt/homeassistant"
 HA_VERSION = "2026.11.0"
 # Home Assistant 2026.11 needs Python >= 3.14.2 (forky has it); g++ builds two of the pins below.
 HA_PACKAGES = ("python3.14", "python3.14-venv", "python3.14-dev", "g++", "ca-certificates")
-# What Home Assistant would install at run time for the integrations the test loads (the pins of their
-# manifest.json files: frontend, wyoming, ffmpeg, conversation and assist_satellite, tts, assist_pipeline,
-# hardware): installed here, as Home Assistant runs with --skip-pip and without a network.
+# What Home Assistant would install at run time for the integrations it loads (the pins of their
+# manifest.json files: wyoming and its chain (ffmpeg, conversation, assist_satellite, tts, assist_pipeline), the
+# frontend, and what its always-loaded integrations import (hardware, analytics, camera, infrared,
+# radio_frequency); numpy as package_constraints.txt pins it): installed here, as Home Assistant runs with
+# --skip-pip and without a network. No ffmpeg binary: nothing on the speech-to-text path runs it.
 HA_REQUIREMENTS = (
     f"homeassistant=={HA_VERSION}",
     "home-assistant-frontend==20261028.4",
@@ -128,6 +130,11 @@ HA_REQUIREMENTS = (
     "pymicro-vad==1.0.1",
     "pyspeex-noise==1.0.2",
     "psutil-home-assistant==0.0.1",
+    "aiohasupervisor==0.8.1",
+    "PyTurboJPEG==1.8.3",
+    "numpy==2.3.2",
+    "infrared-protocols==10.5.0",
+    "rf-protocols==4.3.0",
 )
 HA_RECIPE_VERSION = 1
 
