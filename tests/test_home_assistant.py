@@ -79,7 +79,7 @@ def test_with_endpointing_the_daemon_ends_the_command_before_home_assistants_vad
         assert "stt-vad-end" not in kinds[: kinds.index("stt-end")]
         assert kinds[-1] == "run-end"
         # It ended while the silence was still being sent, not because the audio ran out.
-        total_chunks = -(-len(home_assistant._speech()[0]) // home_assistant.CHUNK)
+        total_chunks = -(-len(home_assistant.speech_then_silence()[0]) // home_assistant.CHUNK)
         assert run["chunks_sent"] < total_chunks
 
 

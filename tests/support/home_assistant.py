@@ -310,10 +310,10 @@ class PipelineRun:
         end = self.first("stt-end")
         return None if end is None else str(end[1]["stt_output"]["text"])
 
-    @property
-    def voice_to_stt_end_ms(self) -> float | None:
-        end = self.first("stt-end")
-        return None if end is None else (end[0] - self.last_voiced_sent) * 1000
+    def ms_after_last_voice(self, kind: str) -> float | None:
+        """Milliseconds from sending the last voiced frame to receiving the first ``kind`` event."""
+        event = self.first(kind)
+        return None if event is None else (event[0] - self.last_voiced_sent) * 1000
 
 
 async def run_stt(
@@ -388,7 +388,7 @@ class Mode:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _speech() -> tuple[bytes, int]:
+def speech_then_silence() -> tuple[bytes, int]:
     """Speech then ``TAIL_SECONDS`` of silence, and the offset of its last voiced byte."""
     from tests.support.speech import silence, speech
 
@@ -412,7 +412,7 @@ async def run_voice_scenario(root: str, requests: int, modes: list[str]) -> dict
     from tests.support.daemon import running_daemon
     from tests.support.wyoming import describe
 
-    pcm, last_voiced_byte = _speech()
+    pcm, last_voiced_byte = speech_then_silence()
     result: dict[str, Any] = {"modes": {}}
     emulator = AmiVoiceEmulator(EmulatorOptions(script=list(SCRIPT), recognise_by_audio=True))
     async with contextlib.AsyncExitStack() as stack:
@@ -444,7 +444,8 @@ async def run_voice_scenario(root: str, requests: int, modes: list[str]) -> dict
                             {
                                 "kinds": run.kinds(),
                                 "text": run.text,
-                                "voice_to_stt_end_ms": run.voice_to_stt_end_ms,
+                                "voice_to_stt_end_ms": run.ms_after_last_voice("stt-end"),
+                                "voice_to_vad_end_ms": run.ms_after_last_voice("stt-vad-end"),
                                 "chunks_sent": run.chunks_sent,
                                 "stt_start": (run.first("stt-start") or (0, {}))[1],
                                 "errors": [data for _, kind, data in run.events if kind == "error"],
@@ -483,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         latencies = [run["voice_to_stt_end_ms"] for run in mode["runs"] if run["voice_to_stt_end_ms"] is not None]
         texts = [run["text"] for run in mode["runs"]]
         print(f"{name}: requires_external_vad={mode['requires_external_vad']} texts={texts}")
+        vad_ends = [run["voice_to_vad_end_ms"] for run in mode["runs"] if run["voice_to_vad_end_ms"] is not None]
+        if vad_ends:
+            print(f"  last voiced frame -> stt-vad-end: p50 {p50(vad_ends):.0f} ms")
         if latencies:
             print(f"  last voiced frame -> stt-end: p50 {p50(latencies):.0f} ms, "
                   f"min {min(latencies):.0f}, max {max(latencies):.0f} ({len(latencies)} runs)")  # fmt: skip
