@@ -342,7 +342,9 @@ async def run_stt(
             if message.get("id") != ident:
                 continue
             if message["type"] == "result":
-                assert message["success"], message
+                if not message["success"]:
+                    handler.set_exception(AssertionError(f"assist_pipeline/run refused: {message}"))
+                    return
                 continue
             event = message["event"]
             run.events.append((time.monotonic(), event["type"], event.get("data") or {}))
