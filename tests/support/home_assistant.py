@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -104,7 +106,7 @@ class HomeAssistant:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
         data = None
         if form:
-            data = "&".join(f"{key}={value}" for key, value in body.items()).encode()
+            data = urllib.parse.urlencode(body).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         elif body is not None:
             data = json.dumps(body).encode()
@@ -161,9 +163,7 @@ async def running_home_assistant(root: Path) -> AsyncIterator[HomeAssistant]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if os.environ.get("ASR_DAEMON_KEEP_HA_CONFIG") is None:
-            import shutil
-
+        if os.environ.get("ASR_DAEMON_KEEP_HA_CONFIG") is None:  # set it to read home-assistant.log after a run
             shutil.rmtree(config_dir, ignore_errors=True)
 
 
