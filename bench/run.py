@@ -38,8 +38,8 @@ from .daemon_process import (
 )
 from .floor import FloorReceiver, running_floor
 from .load import StreamResult, describe_round_trip
-from .plan import PRESETS, LevelRun, Plan, Run
-from .scenario import CASES, cases_for, daemon_config, speech_for
+from .plan import PRESETS, FeltRun, LevelRun, Plan, Run
+from .scenario import CASES, cases_for, daemon_config, endpointing_supported, felt_speech_for, speech_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -140,9 +140,11 @@ async def run_level(
     *,
     iterations: int | None = None,
     pace: float | None = None,
+    piece: int | None = None,
     profiled: bool = True,
 ) -> LevelRun:
     iterations = iterations or plan.iterations(level)
+    piece = piece or plan.piece_bytes
     sampler = Sampler(daemon.pid)
     describes: list[float] = []
     # Describe probes cost the daemon CPU too: none at one stream (the idle figure covers describe there).
@@ -154,7 +156,7 @@ async def run_level(
     machine, own = machine_busy_seconds(), own_cpu_seconds()
     started = time.monotonic()
     try:
-        command = {"level": level, "iterations": iterations, "pace": pace or plan.pace, "piece": plan.piece_bytes}
+        command = {"level": level, "iterations": iterations, "pace": pace or plan.pace, "piece": piece}
         answer = await clients.ask(command)
     finally:
         wall = time.monotonic() - started
@@ -182,6 +184,7 @@ async def run_level(
         clients_loop_lag=answer["lag"],
         emulators_loop_lag=emulator_lag,
         profile=profile,
+        piece_bytes=piece,
     )
 
 
@@ -228,7 +231,9 @@ async def run(plan: Plan) -> Run:
     if not cases:
         raise SystemExit(f"bench: no vendor selected (known: {', '.join(c.vendor for c in CASES)})")
     for case in cases:
-        speech_for(case)  # made (and cached) once here, before the helpers read it
+        # Made (and cached) once here, before the helpers read it.
+        speech_for(case)
+        felt_speech_for(case, plan.felt_tail_seconds)
     result = Run(plan=plan, environment=environment())
     max_sessions = min(1024, max(64, 2 * max(plan.levels) + 16))
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
@@ -260,6 +265,18 @@ async def run(plan: Plan) -> Run:
                             await measure_floor(plan, level_run, floor, clients)
                         result.levels.append(level_run)
                         _say("  " + report.level_line(level_run))
+                    for piece in plan.other_piece_bytes:
+                        for level in (n for n in plan.other_piece_levels if piece != plan.piece_bytes):
+                            _say(f"level {level}, {piece}-byte chunks: CPU and added latency")
+                            level_run = await run_level(
+                                plan, level, daemon, clients, emulators, workdir, piece=piece, profiled=False
+                            )
+                            if floor is not None:
+                                await measure_floor(plan, level_run, floor, clients)
+                            result.other_pieces.append(level_run)
+                            _say("  " + report.level_line(level_run))
+                if plan.felt_levels:
+                    result.felt = await measure_felt(plan, vendors, daemon, clients, workdir)
                 await asyncio.sleep(plan.idle_seconds)
                 result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
             except BaseException:
@@ -282,11 +299,61 @@ async def run(plan: Plan) -> Run:
     return result
 
 
+async def measure_felt(
+    plan: Plan, vendors: dict[str, dict[str, Any]], daemon: DaemonProcess, clients: Worker, workdir: Path
+) -> list[FeltRun]:
+    """What users feel, three modes side by side at each felt level: a second daemon with endpointing on, the
+    load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client."""
+    supported = endpointing_supported()
+    if not supported:
+        _say("felt latency: this daemon has no endpointing setting; its mode runs without it")
+    max_sessions = min(1024, max(64, 2 * max(plan.felt_levels) + 16))
+    config = daemon_config(free_port(), vendors, max_sessions, endpointing=True)
+    endpointing = await start_daemon(config, workdir, "daemon-endpointing")
+    ports = {"endpointing": endpointing.port, "ha-vad": daemon.port}
+    found = []
+    try:
+        base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
+        # The new daemon's first utterance per vendor imports its codec: not measured.
+        await clients.ask({**base, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0})
+        for level in plan.felt_levels:
+            iterations = plan.felt_iterations(level)
+            _say(f"felt latency, level {level}: 3 x {level} clients x {iterations} utterances")
+            cpu = cpu_seconds(endpointing.pid)
+            started = time.monotonic()
+            answer = await clients.ask({**base, "level": level, "iterations": iterations, "pace": plan.pace})
+            wall = time.monotonic() - started
+            cpu = cpu_seconds(endpointing.pid) - cpu
+            results = [StreamResult(**stream) for stream in answer["results"]]
+            felt = FeltRun(
+                level=level,
+                iterations=iterations,
+                results=results,
+                endpointing_supported=supported,
+                endpointing_cpu_seconds=cpu,
+                endpointing_audio_seconds=_sent_seconds(results, "endpointing"),
+                wall_seconds=wall,
+            )
+            found.append(felt)
+            _say("  " + report.felt_line(felt))
+    except BaseException:
+        print(endpointing.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        await endpointing.stop()
+    return found
+
+
+def _sent_seconds(results: list[StreamResult], path: str) -> float:
+    """Audio seconds the clients of ``path`` sent (an early answer stops the upload)."""
+    return sum(result.sent_seconds or 0.0 for result in results if result.path == path)
+
+
 async def measure_floor(plan: Plan, level: LevelRun, floor: FloorReceiver, clients: Worker) -> None:
     """The level's chunks, at its pace and concurrency, sent to a process that only receives them (floor.py)."""
     command = {
         "floor": floor.port, "level": level.level, "seconds": plan.floor_seconds, "pace": plan.pace,
-        "piece": plan.piece_bytes,
+        "piece": level.piece_bytes,
     }  # fmt: skip
     before = await floor.cpu_seconds()
     answer = await clients.ask(command)
@@ -340,7 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-single", type=int, help="streams per path at level 1")
     parser.add_argument("--pace", type=float, help="1 = real time (default)")
     parser.add_argument(
-        "--piece-bytes", type=int, help="bytes per audio-chunk (default 1024; Home Assistant's pipeline sends 320)"
+        "--piece-bytes", type=int, help="bytes per audio-chunk (default 320: the 10 ms Home Assistant's pipeline sends)"
+    )
+    parser.add_argument(
+        "--other-piece-bytes",
+        help="more chunk sizes measured at levels 1 and 50 for CPU and added latency (default 1024; '' for none)",
+    )
+    parser.add_argument(
+        "--felt-levels", help="levels of the felt-latency section, three modes side by side (default 1,50; '' skips)"
     )
     parser.add_argument(
         "--floor-seconds", type=float, help="seconds per level of the wake-up floor's measurement (0: skip it)"
@@ -357,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, Any] = {}
     if args.levels:
         changes["levels"] = tuple(int(level) for level in args.levels.split(","))
+    if args.other_piece_bytes is not None:
+        changes["other_piece_bytes"] = _numbers(args.other_piece_bytes)
+    if args.felt_levels is not None:
+        changes["felt_levels"] = _numbers(args.felt_levels)
     if args.vendors:
         changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
     for name in ("samples", "samples_single", "pace", "piece_bytes", "floor_seconds"):
@@ -374,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
     print(json.dumps(summary["budgets"], indent=1, ensure_ascii=False))
     return 0 if summary["clean"] else 1
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def _replace(plan: Plan, **changes: Any) -> Plan:
