@@ -155,6 +155,10 @@ def felt_figures(felt: FeltRun) -> dict[str, Any]:
             "p95": ms(pct(latencies, 95)),
             "early": sum(1 for r in streams if r.early),
             "failed": sum(1 for r in streams if not r.ok or r.latency is None),
+            "vendors_p50": {
+                vendor: ms(pct([r.latency for r in streams if r.vendor == vendor and r.ok and r.latency], 50))
+                for vendor in sorted({r.vendor for r in felt.results})
+            },
         }
     audio = felt.endpointing_audio_seconds
     figures["endpointing_supported"] = felt.endpointing_supported
@@ -547,6 +551,13 @@ def _felt_section(felt: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"| {f['level']} | {mode} | {m['n']} | {_f(m['p50'])} | {_f(m['p95'])} | {m['early']} | {m['failed']} |"
             )
+    vendors = sorted({vendor for f in felt for vendor in f["endpointing"]["vendors_p50"]})
+    lines += ["", "p50 per vendor (ms):", "", "| clients | mode | " + " | ".join(vendors) + " |"]
+    lines.append("|---|---|" + "---|" * len(vendors))
+    for f in felt:
+        for mode in FELT_MODES:
+            cells = " | ".join(_f(f[mode]["vendors_p50"].get(vendor)) for vendor in vendors)
+            lines.append(f"| {f['level']} | {mode} | {cells} |")
     cpu = ", ".join(f"{_f(f['endpointing_cpu_pct_per_stream'], 2)} % at {f['level']}" for f in felt)
     lines += ["", f"CPU per real-time stream of the endpointing daemon meanwhile (audio sent to it): {cpu}."]
     if not all(f["endpointing_supported"] for f in felt):

@@ -244,7 +244,8 @@ async def run(plan: Plan) -> Run:
             vendors: dict[str, dict[str, Any]] = await emulators.ask(timeout=60)
             _say(f"start-up: {plan.startups} cold start(s) of the daemon")
             result.startups = await measure_startups(plan, vendors, workdir)
-            daemon = await start_daemon(daemon_config(free_port(), vendors, max_sessions), workdir, "daemon")
+            config = daemon_config(free_port(), vendors, max_sessions, endpointing=False)
+            daemon = await start_daemon(config, workdir, "daemon")
             clients: Worker | None = None
             try:
                 result.idle = await measure_idle(plan, daemon)

@@ -85,19 +85,20 @@ def vendor_adapter(vendor: str, settings: dict[str, Any]) -> VendorAdapter:
 
 
 def daemon_config(
-    port: int, vendors: dict[str, dict[str, Any]], max_sessions: int, *, endpointing: bool = False
+    port: int, vendors: dict[str, dict[str, Any]], max_sessions: int, *, endpointing: bool | None = None
 ) -> dict[str, Any]:
     """The daemon's config: 127.0.0.1 only, every vendor on its emulator, logging as shipped (info, human).
 
-    Endpointing is off unless asked for: the added latency is timed from ``audio-stop``, which a transcript sent
-    at the end of speech would precede. A daemon without the setting runs as it is (endpointing never on)."""
+    ``endpointing`` None keeps the daemon's default (start-up and idle figures are for the daemon as shipped).
+    The load daemon has it off: its added latency is timed from ``audio-stop``, which a transcript sent at the end
+    of speech would precede. A daemon without the setting runs as it is (no endpointing)."""
     config: dict[str, Any] = {
         "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
         "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
         "log": {"level": "info", "format": "human"},
         "vendors": vendors,
     }
-    if endpointing_supported():
+    if endpointing is not None and endpointing_supported():
         config["endpointing"] = {"enabled": endpointing}
     return config
 
