@@ -514,6 +514,12 @@ def _write_markdown(
         "each runs its utterances back to back, rotating through the vendors (one espeak-ng command per "
         "vendor, in its language, ~2 s with silence around it).",
         "- Emulators run with their defaults (no fault, no slow final), the same instance for both paths.",
+        "- The load daemon runs with `endpointing` off (its figures are timed from `audio-stop`); start-up and idle "
+        "figures are for the daemon's defaults. Audio goes in the chunk size above; levels 1 and 50 run again with "
+        "each other chunk size, each with its own wake-up floor (CPU is judged against it).",
+        "- What users feel: a second daemon with `endpointing` on serves mode (a); the load daemon serves (b); (c) "
+        "goes straight to the emulators. The last voiced frame is the last 10 ms frame whose RMS reaches "
+        "300 (about −40 dBFS); its time is when the client sent the piece holding it.",
         "- Percentiles are linear-interpolated; p99 of fewer than 100 streams is close to the maximum.",
         "- Start-up: spawn → the port accepts → a describe is answered, for separate cold starts.",
         "",
