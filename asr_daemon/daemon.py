@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from functools import partial
@@ -163,10 +162,6 @@ class Daemon:
                 )
                 await self.health.start()
             self.events.publish(AsrEvent(EventKind.STATE, "daemon", state="ready", message=f"asr-daemon {__version__}"))
-            # What start-up built lives as long as the daemon: out of the collector's sight, a full collection
-            # under load scans only the utterances' objects instead of pausing every stream for tens of ms.
-            gc.collect()
-            gc.freeze()
             self.notifier.ready(self.status_line())
             interval = watchdog_interval()
             if interval is not None and self.notifier.enabled:
