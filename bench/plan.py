@@ -27,6 +27,8 @@ class Plan:
     # the CPU budget holds at 10 ms and at 32 ms chunks (1024 bytes).
     other_piece_bytes: tuple[int, ...] = (1024,)
     other_piece_levels: tuple[int, ...] = (1, 50)
+    # Streams wanted per path at those levels (CPU needs less than the latency percentiles at level 1).
+    other_piece_samples: int = 30
     startups: int = 5
     describes: int = 50
     # Per level: seconds the wake-up floor (floor.py) gets the level's chunks; 0 = not measured.
@@ -47,6 +49,9 @@ class Plan:
     def iterations(self, level: int) -> int:
         wanted = self.samples_single if level == 1 else self.samples
         return max(self.min_iterations, math.ceil(wanted / level))
+
+    def other_piece_iterations(self, level: int) -> int:
+        return max(self.min_iterations, math.ceil(self.other_piece_samples / level))
 
     def felt_iterations(self, level: int) -> int:
         wanted = self.felt_samples_single if level == 1 else self.felt_samples
@@ -78,6 +83,7 @@ PRESETS: dict[str, Plan] = {
         idle_seconds=0.3,
         floor_seconds=0.5,
         other_piece_levels=(1,),
+        other_piece_samples=1,
         felt_levels=(1, 2),
         felt_samples=1,
         felt_samples_single=1,

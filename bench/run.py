@@ -270,8 +270,9 @@ async def run(plan: Plan) -> Run:
                         for level in (n for n in plan.other_piece_levels if piece != plan.piece_bytes):
                             _say(f"level {level}, {piece}-byte chunks: CPU and added latency")
                             level_run = await run_level(
-                                plan, level, daemon, clients, emulators, workdir, piece=piece, profiled=False
-                            )
+                                plan, level, daemon, clients, emulators, workdir,
+                                iterations=plan.other_piece_iterations(level), piece=piece, profiled=False,
+                            )  # fmt: skip
                             if floor is not None:
                                 await measure_floor(plan, level_run, floor, clients)
                             result.other_pieces.append(level_run)
@@ -399,7 +400,9 @@ def _say(text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default, ~5 min), quick, tiny")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="full", help="full (default, ~9 min), quick (~4 min), tiny"
+    )
     parser.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     parser.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="same as --preset tiny")
     parser.add_argument("--levels", help="concurrency levels, e.g. 1,10,50,100,150")
