@@ -140,5 +140,7 @@ class Run:
     other_pieces: list[LevelRun] = field(default_factory=list)
     # What users feel: one per felt level, the three modes side by side.
     felt: list[FeltRun] = field(default_factory=list)
+    # Warnings and errors the endpointing daemon logged.
+    felt_log_errors: list[str] = field(default_factory=list)
     after: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)

@@ -348,6 +348,7 @@ def write(run: Run, out: Path, seconds: float) -> dict[str, Any]:
             {"figures": f, "streams": [r.to_json() for r in level.results]}
             for f, level in zip(felt, run.felt, strict=True)
         ],
+        "felt_log_errors": run.felt_log_errors,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
     plots = _plots(figures, out)
@@ -396,7 +397,7 @@ def _write_markdown(
             f"The wake-up floor on this machine: a Python process ({env.get('floor_event_loop')}) that is sent the "
             f"same chunks at the same pace and only receives them costs, per real-time stream, {shown} (Resources).",
         ]
-    lines += _felt_section(felt or [])
+    lines += _felt_section(felt or [], len(run.felt_log_errors))
     lines += _other_pieces_section(figures, other_pieces or [])
     lines += [
         "",
@@ -534,7 +535,7 @@ def _write_markdown(
     path.write_text("\n".join(lines) + (notes if notes else "\n"))
 
 
-def _felt_section(felt: list[dict[str, Any]]) -> list[str]:
+def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
     if not felt:
         return []
     lines = [
@@ -565,7 +566,11 @@ def _felt_section(felt: list[dict[str, Any]]) -> list[str]:
             cells = " | ".join(_f(f[mode]["vendors_p50"].get(vendor)) for vendor in vendors)
             lines.append(f"| {f['level']} | {mode} | {cells} |")
     cpu = ", ".join(f"{_f(f['endpointing_cpu_pct_per_stream'], 2)} % at {f['level']}" for f in felt)
-    lines += ["", f"CPU per real-time stream of the endpointing daemon meanwhile (audio sent to it): {cpu}."]
+    lines += [
+        "",
+        f"CPU per real-time stream of the endpointing daemon meanwhile (audio sent to it): {cpu}; warnings and "
+        f"errors in its log: {log_errors}.",
+    ]
     if not all(f["endpointing_supported"] for f in felt):
         lines += [
             "",

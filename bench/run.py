@@ -235,7 +235,8 @@ async def run(plan: Plan) -> Run:
         speech_for(case)
         felt_speech_for(case, plan.felt_tail_seconds)
     result = Run(plan=plan, environment=environment())
-    max_sessions = min(1024, max(64, 2 * max(plan.levels) + 16))
+    # The load daemon also serves the felt section's Home Assistant-VAD clients.
+    max_sessions = min(1024, max(64, 2 * max(plan.levels + plan.felt_levels) + 16))
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
         workdir = plan.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +279,7 @@ async def run(plan: Plan) -> Run:
                             result.other_pieces.append(level_run)
                             _say("  " + report.level_line(level_run))
                 if plan.felt_levels:
-                    result.felt = await measure_felt(plan, vendors, daemon, clients, workdir)
+                    await measure_felt(plan, result, vendors, daemon, clients, workdir)
                 await asyncio.sleep(plan.idle_seconds)
                 result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
             except BaseException:
@@ -302,8 +303,8 @@ async def run(plan: Plan) -> Run:
 
 
 async def measure_felt(
-    plan: Plan, vendors: dict[str, dict[str, Any]], daemon: DaemonProcess, clients: Worker, workdir: Path
-) -> list[FeltRun]:
+    plan: Plan, result: Run, vendors: dict[str, dict[str, Any]], daemon: DaemonProcess, clients: Worker, workdir: Path
+) -> None:
     """What users feel, three modes side by side at each felt level: a second daemon with endpointing on, the
     load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client."""
     supported = endpointing_supported()
@@ -313,7 +314,6 @@ async def measure_felt(
     config = daemon_config(free_port(), vendors, max_sessions, endpointing=True)
     endpointing = await start_daemon(config, workdir, "daemon-endpointing")
     ports = {"endpointing": endpointing.port, "ha-vad": daemon.port}
-    found = []
     try:
         base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
         # The new daemon's first utterance per vendor imports its codec: not measured.
@@ -336,14 +336,14 @@ async def measure_felt(
                 endpointing_audio_seconds=_sent_seconds(results, "endpointing"),
                 wall_seconds=wall,
             )
-            found.append(felt)
+            result.felt.append(felt)
             _say("  " + report.felt_line(felt))
     except BaseException:
         print(endpointing.log_tail(), file=sys.stderr)
         raise
     finally:
         await endpointing.stop()
-    return found
+        result.felt_log_errors = _log_errors(endpointing)
 
 
 def _sent_seconds(results: list[StreamResult], path: str) -> float:

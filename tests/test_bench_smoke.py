@@ -160,6 +160,7 @@ def test_tiny_benchmark_runs_every_vendor_through_both_paths(tmp_path: Path) -> 
     assert all(s["sent_seconds"] < s["audio_seconds"] for s in felt_streams if s["path"] == "ha-vad")
     assert any(name.startswith("felt latency p50, 1 stream: endpointing ÷") for name in budgets)
     assert any(name.startswith("felt latency p95, endpointing:") for name in budgets)
+    assert [line for line in results["felt_log_errors"] if " ERROR " in line or "Traceback" in line] == []
 
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## What users feel: last voiced frame → transcript (ms)" in report
