@@ -262,8 +262,6 @@ async def felt_daemon_stream(
                         writer.write(_AUDIO_STOP)
                         await writer.drain()
                     await answered.wait()
-                    if answered_at and voiced_at:
-                        result.latency = answered_at - voiced_at
                 finally:
                     receiver.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -275,7 +273,11 @@ async def felt_daemon_stream(
     except TimeoutError:
         result.error = result.error or "timeout"
     except OSError as exc:
-        result.error = result.error or f"connection failed: {exc}"
+        # A server that closes right after its answer may break a write still under way: the answer counts.
+        if not answered_at:
+            result.error = result.error or f"connection failed: {exc}"
+    if answered_at and voiced_at and result.error is None:
+        result.latency = answered_at - voiced_at
     return result
 
 
