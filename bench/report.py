@@ -543,8 +543,9 @@ def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
         "## What users feel: last voiced frame → transcript (ms)",
         "",
         "From sending the audio piece that holds the command's last voiced 10 ms frame to reading the answer, "
-        "three modes side by side in the same run, N clients of each at once, the same emulators (their default "
-        "end-of-speech). The audio is the command followed by seconds of silence. Clients upload at real-time "
+        "three modes side by side in the same run, against the same emulators (their default end-of-speech). At "
+        "one client the three run at once; at N clients each mode runs alone, one after the other, so that each "
+        "sees N streams. The audio is the command followed by seconds of silence. Clients upload at real-time "
         "pace while reading, and stop uploading at the first `transcript`, as Home Assistant 2026.11 does.",
         "",
         *(f"- {text}" for text in FELT_MODES.values()),

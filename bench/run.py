@@ -39,6 +39,7 @@ from .daemon_process import (
 from .floor import FloorReceiver, running_floor
 from .load import StreamResult, describe_round_trip
 from .plan import PRESETS, FeltRun, LevelRun, Plan, Run
+from .report import FELT_MODES
 from .scenario import CASES, cases_for, daemon_config, endpointing_supported, felt_speech_for, speech_for
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -316,17 +317,26 @@ async def measure_felt(
     ports = {"endpointing": endpointing.port, "ha-vad": daemon.port}
     try:
         base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
+        modes = list(FELT_MODES)
         # The new daemon's first utterance per vendor imports its codec: not measured.
-        await clients.ask({**base, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0})
+        await clients.ask({**base, "modes": modes, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0})
         for level in plan.felt_levels:
             iterations = plan.felt_iterations(level)
-            _say(f"felt latency, level {level}: 3 x {level} clients x {iterations} utterances")
-            cpu = cpu_seconds(endpointing.pid)
-            started = time.monotonic()
-            answer = await clients.ask({**base, "level": level, "iterations": iterations, "pace": plan.pace})
-            wall = time.monotonic() - started
-            cpu = cpu_seconds(endpointing.pid) - cpu
-            results = [StreamResult(**stream) for stream in answer["results"]]
+            # One client of each mode at once loads nothing; at N streams each mode runs alone, so that each sees
+            # N streams (and the emulators N, not 3N).
+            rounds = [modes] if level == 1 else [[mode] for mode in modes]
+            _say(f"felt latency, level {level}: {' then '.join('+'.join(r) for r in rounds)}, x {iterations} each")
+            results: list[StreamResult] = []
+            cpu = wall = 0.0
+            for round_modes in rounds:
+                command = {**base, "modes": round_modes, "level": level, "iterations": iterations, "pace": plan.pace}
+                before = cpu_seconds(endpointing.pid)
+                started = time.monotonic()
+                answer = await clients.ask(command)
+                if "endpointing" in round_modes:
+                    wall = time.monotonic() - started
+                    cpu = cpu_seconds(endpointing.pid) - before
+                results += [StreamResult(**stream) for stream in answer["results"]]
             felt = FeltRun(
                 level=level,
                 iterations=iterations,

@@ -158,11 +158,13 @@ async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters
             pace=pace, slot=slot, iteration=iteration,
         )  # fmt: skip
 
-    # Slots start spread over one utterance, the three modes a third of a step apart.
+    # Slots start spread over one utterance; modes that run together are a fraction of a step apart.
     step = statistics.fmean(len(pcm) / BYTES_PER_SECOND for pcm in speech.values()) / pace / level
+    runners = {"endpointing": endpointing, "ha-vad": with_ha_vad, "vendor": vendor}
+    modes: list[str] = command["modes"]
     slots = [
-        run_slot(runner, cases, slot, iterations, (slot + shift / 3) * step)
-        for shift, runner in enumerate((endpointing, with_ha_vad, vendor))
+        run_slot(runners[mode], cases, slot, iterations, (slot + shift / len(modes)) * step)
+        for shift, mode in enumerate(modes)
         for slot in range(level)
     ]
     per_slot = await asyncio.gather(*slots)
