@@ -71,9 +71,8 @@ class StreamResult:
 async def _pace(started: float, sent_bytes: int, pace: float) -> None:
     """Sleep until ``sent_bytes`` of audio have been 'spoken' since ``started`` (pace 1 = real time)."""
     due = started + sent_bytes / BYTES_PER_SECOND / pace
-    delay = due - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    # A client running late still lets its reader run between pieces (an answer stops the upload).
+    await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
 class _Collect:
