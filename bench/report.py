@@ -36,7 +36,7 @@ BUDGET_FELT_SPREAD_MS = 100.0
 # The felt-latency modes, in the order shown.
 FELT_MODES = {
     "endpointing": "(a) endpointing on, client stops uploading at the transcript",
-    "ha-vad": "(b) endpointing off, client sends audio-stop after 0.7 s of silence (Home Assistant's VAD)",
+    "ha-vad": "(b) endpointing off, audio-stop where Home Assistant's VAD would send it (pymicro-vad, 0.7 s)",
     "vendor": "(c) direct vendor client: the vendor's own final",
 }
 BUDGET_IDLE_RSS_MB = 45.0

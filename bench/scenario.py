@@ -67,6 +67,59 @@ def voiced_end(pcm: bytes) -> int:
     return 0 if voiced.size == 0 else int(voiced[-1] + 1) * FRAME_BYTES
 
 
+# Home Assistant's voice pipeline (assist_pipeline's segmenter, default sensitivity) ends a command after this
+# much silence, counted by pymicro-vad in 10 ms frames once at least this much speech started the command.
+HA_SILENCE_SECONDS = 0.7
+HA_SPEECH_SECONDS = 0.3
+HA_COMMAND_SECONDS = 1.0
+# Silence heard inside a command is forgotten only after this much speech with no silent frame in it.
+HA_RESET_SECONDS = 1.0
+HA_SPEECH_BEFORE, HA_SPEECH_IN = 0.2, 0.5  # speech probability thresholds before and inside a command
+
+
+def home_assistant_vad_end(pcm: bytes) -> int | None:
+    """Byte offset at which Home Assistant's own VAD would end the command and send audio-stop (None: never).
+
+    The same detector (pymicro-vad) and the same counting rule as Home Assistant's pipeline, so the client
+    stops where Home Assistant would: its detector hears the end of speech a few hundred ms late, and only
+    then does the 0.7 s of silence start counting.
+    """
+    from pymicro_vad import MicroVad
+
+    detector = MicroVad()
+    frame_seconds = FRAME_BYTES / BYTES_PER_SECOND
+    speech_left, reset_left = HA_SPEECH_SECONDS, HA_RESET_SECONDS
+    silence_left, command_left = HA_SILENCE_SECONDS, HA_COMMAND_SECONDS - HA_SPEECH_SECONDS
+    in_command = False
+    for offset in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+        probability = detector.process_10ms(pcm[offset : offset + FRAME_BYTES])
+        if probability < 0:  # still warming up
+            continue
+        if not in_command:
+            if probability > HA_SPEECH_BEFORE:
+                reset_left = HA_RESET_SECONDS
+                speech_left -= frame_seconds
+                if speech_left <= 0:
+                    in_command = True
+                    silence_left, command_left = HA_SILENCE_SECONDS, HA_COMMAND_SECONDS - HA_SPEECH_SECONDS
+            else:
+                reset_left -= frame_seconds
+                if reset_left <= 0:
+                    speech_left, reset_left = HA_SPEECH_SECONDS, HA_RESET_SECONDS
+            continue
+        command_left -= frame_seconds
+        if probability > HA_SPEECH_IN:
+            reset_left -= frame_seconds
+            if reset_left <= 0:
+                silence_left, reset_left = HA_SILENCE_SECONDS, HA_RESET_SECONDS
+            continue
+        reset_left = HA_RESET_SECONDS
+        silence_left -= frame_seconds
+        if silence_left <= 0 and command_left <= 0:
+            return offset + FRAME_BYTES
+    return None
+
+
 def endpointing_supported() -> bool:
     """Whether this daemon has the ``endpointing`` settings (before it, the section is refused as unknown)."""
     from asr_daemon.settings import Settings

@@ -35,14 +35,12 @@ from .scenario import (
     VendorCase,
     cases_for,
     felt_speech_for,
+    home_assistant_vad_end,
     running_emulators,
     speech_for,
     vendor_adapter,
     voiced_end,
 )
-
-# Home Assistant's own VAD ends the command after this much silence (its default), then sends audio-stop.
-HA_VAD_SILENCE_SECONDS = 0.7
 
 
 async def _receive(conn: Connection) -> Any:
@@ -136,7 +134,8 @@ async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters
     speech = {case.vendor: felt_speech_for(case, command["tail_seconds"]) for case in cases}
     voiced = {vendor: voiced_end(pcm) for vendor, pcm in speech.items()}
     encoded = {vendor: encode_utterance(pcm, piece) for vendor, pcm in speech.items()}
-    ha_vad = round(HA_VAD_SILENCE_SECONDS * BYTES_PER_SECOND)
+    # Where Home Assistant's own VAD would send audio-stop (the end of the audio if it never would).
+    ha_stop = {vendor: home_assistant_vad_end(pcm) or len(pcm) for vendor, pcm in speech.items()}
 
     async def endpointing(case: VendorCase, slot: int, iteration: int) -> StreamResult:
         return await felt_daemon_stream(
@@ -148,7 +147,7 @@ async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters
     async def with_ha_vad(case: VendorCase, slot: int, iteration: int) -> StreamResult:
         return await felt_daemon_stream(
             ports["ha-vad"], case, speech[case.vendor], path="ha-vad", voiced_end=voiced[case.vendor],
-            stop_after=voiced[case.vendor] + ha_vad, piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
+            stop_after=ha_stop[case.vendor], piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
             encoded=encoded[case.vendor],
         )  # fmt: skip
 

@@ -18,7 +18,7 @@ from wyoming.audio import AudioChunk, AudioStop
 from wyoming.event import async_read_event, async_write_event
 
 from bench.load import encode_utterance, felt_daemon_stream
-from bench.scenario import BYTES_PER_SECOND, CASES, voiced_end
+from bench.scenario import BYTES_PER_SECOND, CASES, felt_speech_for, home_assistant_vad_end, voiced_end
 from tests.support.speech import have_speech_tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,18 @@ def test_voiced_end_is_the_end_of_the_last_frame_with_sound() -> None:
     quiet = b"\x00\x00" * 160 * 50
     assert voiced_end(quiet + tone + quiet) == len(quiet) + len(tone)
     assert voiced_end(quiet) == 0
+
+
+def test_home_assistant_vad_ends_a_command_after_its_silence_and_never_on_silence_alone() -> None:
+    """The (b) client stops where Home Assistant's pipeline would: 0.7 s of silence as pymicro-vad hears it,
+    which comes some hundreds of ms after the last voiced frame (Home Assistant 2026.11 measured 1.3 s)."""
+    case = CASES[0]
+    pcm = felt_speech_for(case, 3.0)
+    stop = home_assistant_vad_end(pcm)
+    assert stop is not None
+    after = (stop - voiced_end(pcm)) / BYTES_PER_SECOND
+    assert 0.7 <= after < 2.5
+    assert home_assistant_vad_end(bytes(BYTES_PER_SECOND * 3)) is None
 
 
 async def test_the_felt_client_stops_uploading_at_an_early_transcript() -> None:
