@@ -24,7 +24,6 @@ from . import __version__
 from .budget import AudioBudget
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
-from .resilience.prewarm import StreamPool
 from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
@@ -34,6 +33,7 @@ from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
 from .vendors.base import VendorAdapter
+from .vendors.prewarm import StreamPool
 
 if TYPE_CHECKING:
     from .service.metrics import Metrics

@@ -14,11 +14,11 @@ import pytest
 
 import asr_daemon.discovery
 from asr_daemon.daemon import Daemon
-from asr_daemon.resilience.prewarm import StreamPool
 from asr_daemon.settings import ConfigError
 from asr_daemon.sinks.jsonl import JsonLinesSink
 from asr_daemon.sinks.mqtt import MqttSink
 from asr_daemon.sources.mic import MicSource
+from asr_daemon.vendors.prewarm import StreamPool
 from tests.support.daemon import settings_for
 from tests.support.mosquitto import Mosquitto, have_mosquitto
 

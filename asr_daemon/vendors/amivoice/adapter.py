@@ -11,7 +11,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import AmiVoiceCodec
 
 LOGGING_URL = "wss://acp-api.amivoice.com/v1/"
@@ -102,10 +103,11 @@ class AmiVoiceSettings(VendorSettings):
         return "|".join(entries)
 
 
-class AmiVoiceAdapter(VendorAdapter):
+class AmiVoiceAdapter(WebSocketAdapter):
     name: ClassVar[str] = "amivoice"
     settings_model: ClassVar[type[VendorSettings]] = AmiVoiceSettings
     default_url: ClassVar[str] = NOLOG_URL
+    codec_class: ClassVar[type[StreamCodec]] = AmiVoiceCodec
 
     def __init__(self, settings: VendorSettings) -> None:
         if not isinstance(settings, AmiVoiceSettings):

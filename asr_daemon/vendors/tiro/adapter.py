@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import TiroCodec
 
 TOKEN_PARAMETER = "token"
@@ -50,10 +51,11 @@ def token_in(url: str) -> str:
     return ""
 
 
-class TiroAdapter(VendorAdapter):
+class TiroAdapter(WebSocketAdapter):
     name: ClassVar[str] = "tiro"
     settings_model: ClassVar[type[VendorSettings]] = TiroSettings
     default_url: ClassVar[str] = "wss://speech.talgreinir.is/v2beta1/speech:streamingrecognize"
+    codec_class: ClassVar[type[StreamCodec]] = TiroCodec
 
     @property
     def tiro_settings(self) -> TiroSettings:

@@ -10,14 +10,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
-from ..base import (
-    ConnectRequest,
-    StreamOptions,
-    VendorAdapter,
-    VendorError,
-    VendorFailure,
-    VendorSettings,
-)
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import YatingCodec
 from .token import fetch_token
 
@@ -90,10 +84,11 @@ class YatingSettings(VendorSettings):
         return None
 
 
-class YatingAdapter(VendorAdapter):
+class YatingAdapter(WebSocketAdapter):
     name: ClassVar[str] = "yating"
     settings_model: ClassVar[type[VendorSettings]] = YatingSettings
     default_url: ClassVar[str] = "wss://asr.api.yating.tw/ws/v1/"
+    codec_class: ClassVar[type[StreamCodec]] = YatingCodec
 
     @property
     def yating(self) -> YatingSettings:
