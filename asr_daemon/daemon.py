@@ -291,12 +291,7 @@ class Daemon:
         if port is None:
             _LOGGER.warning("zeroconf needs a tcp:// listener; %s is not announced", wyoming.uri)
             return
-        advertiser = ZeroconfAdvertiser(
-            name=wyoming.instance_name(),
-            port=port,
-            bind_host=urlparse(wyoming.uri).hostname or "0.0.0.0",
-            interfaces=wyoming.zeroconf_interfaces,
-        )
+        advertiser = ZeroconfAdvertiser.for_wyoming(wyoming, port)
         await stack.enter_async_context(advertiser)
         # READY=1 means "announced": give the first announcement a moment (it waits for the name check).
         try:

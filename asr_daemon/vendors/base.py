@@ -155,6 +155,22 @@ class StreamCodec(ABC):
         return [VendorError(f"vendor closed the connection before completing ({shown}{detail})")]
 
 
+class PcmFrameCodec(StreamCodec):
+    """A codec whose audio messages are the PCM itself, one binary frame per chunk, and whose end of stream is
+    one ``end_message`` (iApp, Yating)."""
+
+    end_message: ClassVar[Outgoing]
+
+    def send_audio(self, pcm: bytes) -> list[Outgoing]:
+        # Audio after the end is a protocol error, and an empty frame says nothing (or, to Yating, ends the stream).
+        if self.ended or not pcm:
+            return []
+        return [pcm]
+
+    def end_of_stream(self) -> list[Outgoing]:
+        return [self.end_message]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parsing helpers shared by the codecs
 

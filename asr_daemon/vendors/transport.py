@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -60,16 +61,39 @@ def rejection_error(status: int, body: bytes) -> VendorError:
     return VendorError(f"vendor refused the connection (HTTP {status}){detail}", str(status), fatal=True)
 
 
+# The query parameter that carries a token in the URL of vendors that take one there (Tiro, Yating).
+TOKEN_PARAMETER = "token"
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=<token>`` in its query (replacing a token already there, keeping the rest).
+
+    The result carries a secret: never log it (``redact()`` masks ``token=`` values where one slips through).
+    """
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAMETER]
+    query.append((TOKEN_PARAMETER, token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def token_in(url: str) -> str:
+    """The ``token`` query parameter of ``url`` ('' when there is none)."""
+    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if key == TOKEN_PARAMETER:
+            return value
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
     """How to open the vendor's WebSocket for one stream."""
 
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    # Seconds between WebSocket pings, as the vendor documents them; None where the vendor mishandles pings
-    # (iApp, SAUC). The transport pings at most every ``ResiliencePolicy.ping_interval`` to find a dead link.
+    # The longest gap between WebSocket pings for this vendor; None: no pings, where the vendor mishandles them
+    # (iApp, SAUC). The transport pings every ``ResiliencePolicy.ping_interval`` within that bound and gives the
+    # link up after ``ResiliencePolicy.ping_timeout`` without an answer.
     ping_interval: float | None = None
-    ping_timeout: float | None = None
     # Response headers worth logging (e.g. SAUC's X-Tt-Logid).
     log_headers: Sequence[str] = ()
 

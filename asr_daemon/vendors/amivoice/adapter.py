@@ -128,7 +128,7 @@ class AmiVoiceAdapter(WebSocketAdapter):
             raise VendorFailure(VendorError(missing, fatal=True))
         # Nothing to fetch: the key travels in the s command. Pings stay on: nothing reports AmiVoice
         # mishandling them (unlike iApp and SAUC), and they notice a dead network path.
-        return ConnectRequest(url=self.endpoint, ping_interval=20.0, ping_timeout=20.0)
+        return ConnectRequest(url=self.endpoint, ping_interval=20.0)
 
     def new_codec(self, options: StreamOptions) -> AmiVoiceCodec:
         return AmiVoiceCodec(self.amivoice.engine, self.settings.key(), self.s_parameters(options))

@@ -32,7 +32,7 @@ class IAppAdapter(WebSocketAdapter):
             # The vendor would refuse the upgrade anyway; saying which setting is missing helps more.
             missing = "no iApp API key configured (set vendors.iapp.api_key or api_key_file)"
             raise VendorFailure(VendorError(missing, fatal=True))
-        return ConnectRequest(url=self.endpoint, headers={"apikey": key}, ping_interval=None, ping_timeout=None)
+        return ConnectRequest(url=self.endpoint, headers={"apikey": key}, ping_interval=None)
 
     def new_codec(self, options: StreamOptions) -> IAppCodec:
         # Thai is the endpoint's only language and it takes no options, so nothing in ``options`` applies.

@@ -6,12 +6,12 @@ The language of a stream picks the vendor's *pipeline* (its model), which is fix
 from __future__ import annotations
 
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
 from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
-from ..transport import ConnectRequest, WebSocketAdapter
+from ..transport import ConnectRequest, WebSocketAdapter, with_token
 from .codec import YatingCodec
 from .token import fetch_token
 
@@ -115,7 +115,7 @@ class YatingAdapter(WebSocketAdapter):
             request_timeout=self.settings.connect_timeout,
         )
         # Pings: the vendor documents no keepalive, and a long microphone stream must notice a dead link.
-        return ConnectRequest(url=with_token(self.endpoint, token), ping_interval=20.0, ping_timeout=20.0)
+        return ConnectRequest(url=with_token(self.endpoint, token), ping_interval=20.0)
 
     def secret_carrying_urls(self) -> dict[str, str]:
         # The API key goes to token_url; the one-time token it buys goes to url.
@@ -129,10 +129,3 @@ class YatingAdapter(WebSocketAdapter):
         # A pre-warmed connection's token was bought for one pipeline.
         return self.yating.pipeline_for(options.language)
 
-
-def with_token(url: str, token: str) -> str:
-    """``url`` with ``token=<token>`` in its query (replacing any there); never log the result."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    query.append(("token", token))
-    return urlunsplit(parts._replace(query=urlencode(query)))
