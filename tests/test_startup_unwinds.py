@@ -63,6 +63,10 @@ class FakeAdvertiser:
         self.state = "announced"
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def for_wyoming(cls, settings: Any, port: int, **_: Any) -> FakeAdvertiser:
+        return cls()
+
     async def __aenter__(self) -> FakeAdvertiser:
         self._task = asyncio.create_task(asyncio.Event().wait(), name="fake zeroconf")
         return self
