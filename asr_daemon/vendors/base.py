@@ -263,6 +263,10 @@ class VendorAdapter(ABC):
     paid: ClassVar[bool] = True
 
     def __init__(self, settings: VendorSettings) -> None:
+        if not isinstance(settings, self.settings_model):
+            # Settings validated as another model (e.g. the base one, built by hand): this vendor's keys get their
+            # defaults, so an adapter reads its own settings model, typed, as ``self.settings``.
+            settings = self.settings_model.model_validate(settings.model_dump())
         self.settings = settings
 
     @property

@@ -108,18 +108,13 @@ class AmiVoiceAdapter(WebSocketAdapter):
     settings_model: ClassVar[type[VendorSettings]] = AmiVoiceSettings
     default_url: ClassVar[str] = NOLOG_URL
     codec_class: ClassVar[type[StreamCodec]] = AmiVoiceCodec
-
-    def __init__(self, settings: VendorSettings) -> None:
-        if not isinstance(settings, AmiVoiceSettings):
-            settings = AmiVoiceSettings.model_validate(settings.model_dump())
-        super().__init__(settings)
-        self.amivoice: AmiVoiceSettings = settings
+    settings: AmiVoiceSettings
 
     @property
     def endpoint(self) -> str:
-        if self.amivoice.url:
-            return self.amivoice.url
-        return LOGGING_URL if self.amivoice.logging else NOLOG_URL
+        if self.settings.url:
+            return self.settings.url
+        return LOGGING_URL if self.settings.logging else NOLOG_URL
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         if not self.settings.key():
@@ -131,7 +126,7 @@ class AmiVoiceAdapter(WebSocketAdapter):
         return ConnectRequest(url=self.endpoint, ping_interval=20.0)
 
     def new_codec(self, options: StreamOptions) -> AmiVoiceCodec:
-        return AmiVoiceCodec(self.amivoice.engine, self.settings.key(), self.s_parameters(options))
+        return AmiVoiceCodec(self.settings.engine, self.settings.key(), self.s_parameters(options))
 
     def s_parameters(self, options: StreamOptions) -> list[tuple[str, str]]:
         """Everything after ``authorization=`` in the s command.
@@ -139,7 +134,7 @@ class AmiVoiceAdapter(WebSocketAdapter):
         ``options.phrases`` are not sent: an AmiVoice dictionary word needs its reading (kana), which a
         Wyoming phrase does not carry, and a word without one is not a valid ``profileWords`` entry.
         """
-        settings = self.amivoice
+        settings = self.settings
         parameters: list[tuple[str, str]] = []
         if settings.profile_id:
             parameters.append(("profileId", settings.profile_id))

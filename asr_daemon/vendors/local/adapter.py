@@ -94,15 +94,13 @@ class LocalAdapter(VendorAdapter):
     settings: LocalSettings
 
     def __init__(self, settings: VendorSettings) -> None:
-        if not isinstance(settings, LocalSettings):
-            raise TypeError(f"LocalAdapter needs LocalSettings, got {type(settings).__name__}")
         super().__init__(settings)
         self._engine: LocalEngine | None = None
         self._engine_lock = threading.Lock()
         self._grammar: Grammar | None = None
         self._problem: str | None = None
         try:
-            self._grammar = build_grammar(settings.grammar, settings.grammar_rule, settings.phrases)
+            self._grammar = build_grammar(self.settings.grammar, self.settings.grammar_rule, self.settings.phrases)
         except (GrammarError, EngineUnavailable) as exc:
             # Validation normally catches this first; a grammar that broke since is reported per utterance.
             self._problem = f"vendors.local: {exc}"

@@ -37,14 +37,7 @@ class TiroAdapter(WebSocketAdapter):
     settings_model: ClassVar[type[VendorSettings]] = TiroSettings
     default_url: ClassVar[str] = "wss://speech.talgreinir.is/v2beta1/speech:streamingrecognize"
     codec_class: ClassVar[type[StreamCodec]] = TiroCodec
-
-    @property
-    def tiro_settings(self) -> TiroSettings:
-        settings = self.settings
-        if not isinstance(settings, TiroSettings):
-            # Settings validated as the base model (e.g. built by hand): read Tiro's keys with their defaults.
-            settings = TiroSettings.model_validate(settings.model_dump())
-        return settings
+    settings: TiroSettings
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         key = self.settings.key()
@@ -60,7 +53,7 @@ class TiroAdapter(WebSocketAdapter):
 
     def new_codec(self, options: StreamOptions) -> TiroCodec:
         # Tiro recognises the model named by ``language_code``; every language routed here uses it.
-        settings = self.tiro_settings
+        settings = self.settings
         return TiroCodec(
             settings.language_code,
             interim_results=settings.interim_results,

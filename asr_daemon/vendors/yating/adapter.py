@@ -89,29 +89,24 @@ class YatingAdapter(WebSocketAdapter):
     settings_model: ClassVar[type[VendorSettings]] = YatingSettings
     default_url: ClassVar[str] = "wss://asr.api.yating.tw/ws/v1/"
     codec_class: ClassVar[type[StreamCodec]] = YatingCodec
-
-    @property
-    def yating(self) -> YatingSettings:
-        settings = self.settings
-        assert isinstance(settings, YatingSettings)
-        return settings
+    settings: YatingSettings
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         key = self.settings.key()
         if not key:
             missing = "no Yating API key configured (set vendors.yating.api_key or api_key_file)"
             raise VendorFailure(VendorError(missing, fatal=True))
-        pipeline = self.yating.pipeline_for(options.language)
+        pipeline = self.settings.pipeline_for(options.language)
         if pipeline is None:
             shown = options.language or "(none)"
             message = f"Yating has no pipeline for language {shown!r}; map it in vendors.yating.pipelines"
             raise VendorFailure(VendorError(message, fatal=True))
         # A token is single-use and expires in 60 s: buy one per stream, never keep one.
         token = await fetch_token(
-            self.yating.token_url,
+            self.settings.token_url,
             key,
             pipeline,
-            self.yating.custom_model_id,
+            self.settings.custom_model_id,
             request_timeout=self.settings.connect_timeout,
         )
         # Pings: the vendor documents no keepalive, and a long microphone stream must notice a dead link.
@@ -119,7 +114,7 @@ class YatingAdapter(WebSocketAdapter):
 
     def secret_carrying_urls(self) -> dict[str, str]:
         # The API key goes to token_url; the one-time token it buys goes to url.
-        return {"url": self.endpoint, "token_url": self.yating.token_url}
+        return {"url": self.endpoint, "token_url": self.settings.token_url}
 
     def new_codec(self, options: StreamOptions) -> YatingCodec:
         # Language, model and phrases are all fixed by the token's pipeline; the stream itself takes none.
@@ -127,5 +122,5 @@ class YatingAdapter(WebSocketAdapter):
 
     def stream_variant(self, options: StreamOptions) -> object:
         # A pre-warmed connection's token was bought for one pipeline.
-        return self.yating.pipeline_for(options.language)
+        return self.settings.pipeline_for(options.language)
 
