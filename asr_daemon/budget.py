@@ -4,21 +4,19 @@ Kept in memory only: a restart gives every budget back. A window opens with the 
 refills whole when its period is over. Audio is counted as sessions accept it, so an utterance that is running
 shows in the budget at once; an utterance is admitted only while its budgets have something left, and an
 admitted one is finished even if it crosses the limit (one utterance overshoots by at most its own length,
-``limits.max_utterance_seconds``). The offline ``local`` engine costs nothing and is never counted.
+``limits.max_utterance_seconds``). Engines that are not ``paid`` (the offline ``local`` engine) are never counted.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from .networks import address_in, parse_networks, peer_address
 
 DAY = 86400.0
 HOUR = 3600.0
-
-# Engines that run on this machine: their audio costs nothing.
-UNPAID_ENGINES = frozenset({"local"})
 
 # Client windows kept before expired ones are swept (each is a few floats; the sweep is O(n)).
 _SWEEP_AT = 1024
@@ -35,8 +33,11 @@ class BudgetExhausted(Exception):
         self.refills_in = refills_in
 
 
-def is_paid(engine: str) -> bool:
-    return engine not in UNPAID_ENGINES
+class Engine(Protocol):
+    """What the budget needs to know of an engine (a vendor adapter): whether its audio costs money."""
+
+    @property
+    def paid(self) -> bool: ...
 
 
 def describe_duration(seconds: float) -> str:
@@ -126,10 +127,10 @@ class AudioBudget:
         self._daily.spent(self._clock())
         return self._daily.used
 
-    def admit(self, engine: str, client: str | None = None) -> Charge | None:
+    def admit(self, engine: Engine, client: str | None = None) -> Charge | None:
         """A charge for a new utterance on ``engine`` from ``client`` (an IP address; None: not a network
         client), None when nothing is counted; raises ``BudgetExhausted`` when a budget is spent."""
-        if not is_paid(engine) or not self.enabled:
+        if not engine.paid or not self.enabled:
             return None
         now = self._clock()
         windows: list[_Window] = []

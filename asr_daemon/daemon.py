@@ -24,7 +24,6 @@ from . import __version__
 from .budget import AudioBudget
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
-from .resilience.prewarm import StreamPool
 from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
@@ -34,6 +33,7 @@ from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
 from .vendors.base import VendorAdapter
+from .vendors.prewarm import StreamPool
 
 if TYPE_CHECKING:
     from .service.metrics import Metrics
@@ -291,12 +291,7 @@ class Daemon:
         if port is None:
             _LOGGER.warning("zeroconf needs a tcp:// listener; %s is not announced", wyoming.uri)
             return
-        advertiser = ZeroconfAdvertiser(
-            name=wyoming.instance_name(),
-            port=port,
-            bind_host=urlparse(wyoming.uri).hostname or "0.0.0.0",
-            interfaces=wyoming.zeroconf_interfaces,
-        )
+        advertiser = ZeroconfAdvertiser.for_wyoming(wyoming, port)
         await stack.enter_async_context(advertiser)
         # READY=1 means "announced": give the first announcement a moment (it waits for the name check).
         try:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .audio.normalise import AudioFormatError, AudioNormaliser
-from .budget import is_paid
 from .quiet_timer import QuietTimer
 from .redact import redact
 from .resilience.backoff import Backoff, RetryBudget
@@ -36,7 +35,7 @@ from .vendors.base import (
     AudioFormat,
     FinalResult,
     PartialResult,
-    StreamCodec,
+    Stream,
     StreamCompleted,
     StreamOptions,
     VendorAdapter,
@@ -44,10 +43,9 @@ from .vendors.base import (
     VendorEvent,
     VendorFailure,
 )
-from .vendors.transport import VendorStream
 
 if TYPE_CHECKING:
-    from .resilience.prewarm import StreamPool
+    from .vendors.prewarm import StreamPool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -139,7 +137,7 @@ class Session:
         self.id = options.session_id
         self._on_partial = on_partial
         self._pool = pool
-        codec_class = self._codec_class(adapter, options)
+        codec_class = adapter.codec_class
         self._target: AudioFormat = codec_class.audio_format
         self._chunk_bytes = codec_class.chunk_bytes
         self._speed = codec_class.max_send_speed
@@ -171,18 +169,10 @@ class Session:
         self.connect_seconds: float | None = None
         loop = asyncio.get_running_loop()
         self._done: asyncio.Future[Transcript] = loop.create_future()
-        self._stream: VendorStream | None = None
+        self._stream: Stream | None = None
         # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
         self.all_audio: bytearray | None = bytearray() if keep_audio else None
         self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
-
-    @staticmethod
-    def _codec_class(adapter: VendorAdapter, options: StreamOptions) -> type[StreamCodec]:
-        try:
-            return type(adapter.new_codec(options))
-        except VendorFailure:
-            # The stream will fail the same way when it connects, with the error reported there.
-            return StreamCodec
 
     # -- the caller's side -------------------------------------------------------------------------------
 
@@ -411,7 +401,7 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, _ConnectionLost):
                     await task
 
-    async def _send(self, stream: VendorStream, timeline: ConnectionTimeline, replaying: bool) -> None:
+    async def _send(self, stream: Stream, timeline: ConnectionTimeline, replaying: bool) -> None:
         if not stream.ready:
             try:
                 async with asyncio.timeout(self.policy.response_timeout):
@@ -461,7 +451,7 @@ class Session:
             if keepalive is not None:
                 keepalive.cancel()
 
-    async def _receive(self, stream: VendorStream, timeline: ConnectionTimeline) -> None:
+    async def _receive(self, stream: Stream, timeline: ConnectionTimeline) -> None:
         name = self.adapter.name
         while True:
             event = await self._next_event(stream)
@@ -483,7 +473,7 @@ class Session:
                     return
                 raise _ConnectionLost(event)
 
-    async def _next_event(self, stream: VendorStream) -> VendorEvent:
+    async def _next_event(self, stream: Stream) -> VendorEvent:
         """The vendor's next event; once it owes us the final answer, its silence means a dead link."""
         try:
             async with asyncio.timeout(None) as deadline:
@@ -573,7 +563,7 @@ class FallbackSession(Session):
     ) -> None:
         self.fallback = fallback
         # The fallback's audio is counted again when it is a paid vendor too.
-        self._fallback_charge = charge if is_paid(fallback.name) else None
+        self._fallback_charge = charge if fallback.paid else None
         self.full_limits = limits
         primary_limits = SessionLimits(
             limits.max_audio_seconds, min(limits.fallback_after, limits.final_timeout), limits.policy

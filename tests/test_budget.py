@@ -11,6 +11,9 @@ from asr_daemon.budget import DAY, HOUR, AudioBudget, BudgetExhausted
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.events import AsrEvent, EventKind
+from asr_daemon.vendors.amivoice.adapter import AmiVoiceAdapter
+from asr_daemon.vendors.base import VendorAdapter
+from asr_daemon.vendors.local.adapter import LocalAdapter
 from tests.support.alsa import fake_microphone
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, silence, speech
@@ -25,7 +28,9 @@ class Clock:
         return self.now
 
 
-def spend(budget: AudioBudget, seconds: float, client: str | None = None, engine: str = "amivoice") -> None:
+def spend(
+    budget: AudioBudget, seconds: float, client: str | None = None, engine: type[VendorAdapter] = AmiVoiceAdapter
+) -> None:
     charge = budget.admit(engine, client)
     assert charge is not None
     # Counted as the audio is accepted, a chunk at a time.
@@ -40,39 +45,39 @@ def test_the_daily_budget_refuses_once_spent_says_when_it_refills_and_refills() 
     clock.now += 3600
     spend(budget, 30)  # reaches the limit exactly
     with pytest.raises(BudgetExhausted) as refused:
-        budget.admit("amivoice")
+        budget.admit(AmiVoiceAdapter)
     assert refused.value.code == "budget-exhausted"
     assert "daily audio budget" in refused.value.message
     # The window opened with the first second counted: 23 h are left of it.
     assert "refills in 23 h" in refused.value.message
     assert refused.value.refills_in == pytest.approx(DAY - 3600)
     clock.now += DAY - 3600
-    assert budget.admit("amivoice") is not None
+    assert budget.admit(AmiVoiceAdapter) is not None
     assert budget.used_today() == 0
 
 
 def test_an_admitted_utterance_is_finished_past_the_limit_and_counted() -> None:
     clock = Clock()
     budget = AudioBudget(10, None, clock=clock)
-    charge = budget.admit("amivoice")
+    charge = budget.admit(AmiVoiceAdapter)
     assert charge is not None
     for _ in range(150):  # 15 s: the utterance that crosses the limit is not cut
         charge(0.1)
     assert budget.used_today() == pytest.approx(15)
     with pytest.raises(BudgetExhausted):
-        budget.admit("amivoice")
+        budget.admit(AmiVoiceAdapter)
 
 
 def test_a_running_utterance_counts_at_once_for_the_next_one() -> None:
     clock = Clock()
     budget = AudioBudget(10, None, clock=clock)
-    long_one = budget.admit("amivoice")
+    long_one = budget.admit(AmiVoiceAdapter)
     assert long_one is not None
     for _ in range(100):
         long_one(0.1)
     # Not finished yet, yet its audio is already counted: a concurrent utterance is refused.
     with pytest.raises(BudgetExhausted):
-        budget.admit("amivoice")
+        budget.admit(AmiVoiceAdapter)
 
 
 def test_the_per_client_budget_is_per_address_hourly_and_the_daily_one_is_shared() -> None:
@@ -80,7 +85,7 @@ def test_the_per_client_budget_is_per_address_hourly_and_the_daily_one_is_shared
     budget = AudioBudget(1000, 20, exempt=[], clock=clock)
     spend(budget, 20, "192.168.1.20")
     with pytest.raises(BudgetExhausted) as refused:
-        budget.admit("amivoice", "192.168.1.20")
+        budget.admit(AmiVoiceAdapter, "192.168.1.20")
     assert "client 192.168.1.20" in refused.value.message and "refills in 1 h" in refused.value.message
     # Another address has its own.
     spend(budget, 20, "192.168.1.21")
@@ -88,7 +93,7 @@ def test_the_per_client_budget_is_per_address_hourly_and_the_daily_one_is_shared
     spend(budget, 100, None)
     assert budget.used_today() == pytest.approx(140)
     clock.now += HOUR
-    assert budget.admit("amivoice", "192.168.1.20") is not None
+    assert budget.admit(AmiVoiceAdapter, "192.168.1.20") is not None
 
 
 def test_exempt_networks_have_no_per_client_budget_but_count_toward_the_day() -> None:
@@ -96,11 +101,11 @@ def test_exempt_networks_have_no_per_client_budget_but_count_toward_the_day() ->
     budget = AudioBudget(100, 10, exempt=["127.0.0.0/8", "::1/128", "192.168.1.5/32"], clock=clock)
     for client in ("127.0.0.1", "::1", "192.168.1.5", "::ffff:192.168.1.5"):
         spend(budget, 20, client)
-        assert budget.admit("amivoice", client) is not None
+        assert budget.admit(AmiVoiceAdapter, client) is not None
     assert budget.used_today() == pytest.approx(80)
     spend(budget, 10, "10.0.0.9")
     with pytest.raises(BudgetExhausted):
-        budget.admit("amivoice", "10.0.0.9")
+        budget.admit(AmiVoiceAdapter, "10.0.0.9")
 
 
 def test_the_offline_engine_is_not_paid_and_not_counted() -> None:
@@ -108,14 +113,14 @@ def test_the_offline_engine_is_not_paid_and_not_counted() -> None:
     budget = AudioBudget(1, 1, exempt=[], clock=clock)
     spend(budget, 5)
     with pytest.raises(BudgetExhausted):
-        budget.admit("amivoice")
-    assert budget.admit("local", "10.0.0.9") is None
+        budget.admit(AmiVoiceAdapter)
+    assert budget.admit(LocalAdapter, "10.0.0.9") is None
 
 
 def test_no_budget_counts_nothing() -> None:
     budget = AudioBudget(None, None)
     assert not budget.enabled
-    assert budget.admit("amivoice", "10.0.0.9") is None
+    assert budget.admit(AmiVoiceAdapter, "10.0.0.9") is None
 
 
 async def test_the_microphone_and_wyoming_clients_share_the_daily_budget(tmp_path: Path) -> None:

@@ -104,7 +104,6 @@ async def test_connect_request_sends_the_key_header_and_no_pings() -> None:
     assert request.url == "wss://api-iflytek.iapp.co.th/asr"
     assert dict(request.headers) == {"apikey": "abc-123"}
     assert request.ping_interval is None
-    assert request.ping_timeout is None
     assert adapter.secrets() == ["abc-123"]
     assert adapter.languages == ["th", "th-TH"]
 

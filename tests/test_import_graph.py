@@ -14,9 +14,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("asr_daemon", "bench")
-# The one arrow still pointing back: the vendor contract's default ``open_stream`` builds the WebSocket stream.
-# It goes when the stream contract (a protocol in ``vendors/base.py``) replaces that default.
-ALLOWED_BACK_EDGES = {("asr_daemon.vendors.base", "asr_daemon.vendors.transport")}
 
 
 def module_name(path: Path) -> str:
@@ -50,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
                 # `import a.b.c` loads a, a.b and a.b.c: the deepest module of ours is the dependency.
                 while target and target not in files:
                     target = target.rpartition(".")[0]
-                if target and target != name and (name, target) not in ALLOWED_BACK_EDGES:
+                if target and target != name:
                     graph[name].add(target)
     return graph
 
@@ -89,11 +86,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vendors", "emulators"),
     ("resilience", "audio"),
 )
-# Arrows that still point up: the pre-warm pool holds vendor streams, and the settings model is assembled from
-# the vendors' settings models and the resilience policy.
+# Arrows that still point up: the settings model is assembled from the vendors' settings models and the
+# resilience policy.
 ALLOWED_UP_ARROWS = {
-    ("asr_daemon.resilience.prewarm", "asr_daemon.vendors.base"),
-    ("asr_daemon.resilience.prewarm", "asr_daemon.vendors.transport"),
     ("asr_daemon.settings", "asr_daemon.vendors.base"),
     ("asr_daemon.settings", "asr_daemon.vendors.registry"),
     ("asr_daemon.settings", "asr_daemon.resilience.policy"),

@@ -166,7 +166,7 @@ async def test_a_vendor_dropping_after_each_final_more_often_than_max_failures_s
 async def test_a_pool_closed_mid_handshake_closes_the_half_open_stream() -> None:
     from types import SimpleNamespace
 
-    from asr_daemon.resilience.prewarm import StreamPool
+    from asr_daemon.vendors.prewarm import StreamPool
 
     handshaking = asyncio.Event()
 

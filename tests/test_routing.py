@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from asr_daemon.resilience.policy import ResiliencePolicy
 from asr_daemon.routing import Router
 from asr_daemon.text import join_segments
-from asr_daemon.vendors.base import ConnectRequest, StreamCodec, StreamOptions, VendorAdapter, VendorSettings
+from asr_daemon.vendors.base import Stream, StreamCodec, StreamOptions, VendorAdapter, VendorSettings
 
 
 class _Adapter(VendorAdapter):
@@ -16,10 +17,10 @@ class _Adapter(VendorAdapter):
         super().__init__(VendorSettings(languages=languages))
         self.label = name
 
-    async def prepare(self, options: StreamOptions) -> ConnectRequest:
+    def new_codec(self, options: StreamOptions) -> StreamCodec:
         raise NotImplementedError
 
-    def new_codec(self, options: StreamOptions) -> StreamCodec:
+    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> Stream:
         raise NotImplementedError
 
 

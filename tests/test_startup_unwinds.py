@@ -14,11 +14,11 @@ import pytest
 
 import asr_daemon.discovery
 from asr_daemon.daemon import Daemon
-from asr_daemon.resilience.prewarm import StreamPool
 from asr_daemon.settings import ConfigError
 from asr_daemon.sinks.jsonl import JsonLinesSink
 from asr_daemon.sinks.mqtt import MqttSink
 from asr_daemon.sources.mic import MicSource
+from asr_daemon.vendors.prewarm import StreamPool
 from tests.support.daemon import settings_for
 from tests.support.mosquitto import Mosquitto, have_mosquitto
 
@@ -62,6 +62,10 @@ class FakeAdvertiser:
     def __init__(self, **_: Any) -> None:
         self.state = "announced"
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_wyoming(cls, settings: Any, port: int, **_: Any) -> FakeAdvertiser:
+        return cls()
 
     async def __aenter__(self) -> FakeAdvertiser:
         self._task = asyncio.create_task(asyncio.Event().wait(), name="fake zeroconf")

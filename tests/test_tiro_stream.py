@@ -23,8 +23,8 @@ from asr_daemon.vendors.base import (
     VendorFailure,
     VendorSettings,
 )
-from asr_daemon.vendors.tiro.adapter import TiroAdapter, TiroSettings, token_in, with_token
-from asr_daemon.vendors.transport import VendorStream
+from asr_daemon.vendors.tiro.adapter import TiroAdapter, TiroSettings
+from asr_daemon.vendors.transport import VendorStream, token_in, with_token
 from tests.support.speech import have_speech_tools, silence, utterance
 from tests.support.streams import events_until_done
 

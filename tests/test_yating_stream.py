@@ -26,8 +26,8 @@ from asr_daemon.vendors.base import (
     VendorEvent,
     VendorFailure,
 )
-from asr_daemon.vendors.transport import VendorStream
-from asr_daemon.vendors.yating.adapter import YatingAdapter, YatingSettings, with_token
+from asr_daemon.vendors.transport import VendorStream, with_token
+from asr_daemon.vendors.yating.adapter import YatingAdapter, YatingSettings
 from asr_daemon.vendors.yating.token import parse_token_response, token_request_body
 
 KEY = "test-key"

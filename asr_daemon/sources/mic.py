@@ -43,11 +43,11 @@ from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
 from ..install_hints import MIC_INSTALL_HINT
 from ..resilience.backoff import Backoff
-from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, Transcript, open_session
 from ..settings import MicSettings
 from ..vendors.base import StreamOptions, VendorAdapter
+from ..vendors.prewarm import StreamPool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ class MicSource:
         charge = None
         if self.budget is not None:
             try:
-                charge = self.budget.admit(adapter.name)
+                charge = self.budget.admit(adapter)
             except BudgetExhausted as spent:
                 self._budget_spent(spent, session_id, language, started)
                 return

@@ -34,11 +34,11 @@ from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
 from ..quiet_timer import QuietTimer
 from ..redact import redact
-from ..resilience.prewarm import StreamPool
 from ..routing import Router
 from ..session import Session, SessionError, SessionLimits, input_format_error, open_session
 from ..session import Transcript as SessionTranscript
 from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
+from ..vendors.prewarm import StreamPool
 from .transcribe_request import BadTranscribe, parse_transcribe
 from .wyoming_reader import EventStreamReader
 
@@ -387,7 +387,7 @@ class WyomingAsrHandler(AsyncEventHandler):
         charge = None
         if self.context.budget is not None:
             try:
-                charge = self.context.budget.admit(adapter.name, self.client_address)
+                charge = self.context.budget.admit(adapter, self.client_address)
             except BudgetExhausted as spent:
                 await self._fail_utterance(SessionError(spent.code, spent.message))
                 return

@@ -5,17 +5,24 @@ A vendor is two pieces:
 * a ``StreamCodec``: a sans-I/O state machine for one recognition stream. It turns the daemon's intent
   (start, audio, end) into WebSocket messages and the vendor's messages into typed ``VendorEvent``s. It
   never touches a socket, so it is tested byte for byte and fuzzed.
-* a ``VendorAdapter``: the connection recipe (URL, headers, ping policy, any pre-connection step such as
-  a token request) and a factory for codecs. The shared transport in ``vendors/transport.py`` drives both.
+* a ``VendorAdapter``: the vendor's settings, the languages it serves, its secrets, and how to open a
+  ``Stream``: one recognition stream as the session drives it. It names its codec and stream classes.
+
+Streams come in two kinds: ``VendorStream`` (``vendors/transport.py``) drives a codec over one WebSocket for
+every cloud vendor (their adapters are ``WebSocketAdapter``s, which add the connection recipe: URL, headers,
+pings, any pre-connection step such as a token request); ``LocalStream`` (``vendors/local/``) decodes on this
+machine. Both keep their events alike through ``BaseStream``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -25,7 +32,9 @@ from ..audio.format import AudioFormat as AudioFormat
 
 if TYPE_CHECKING:
     from ..resilience.policy import ResiliencePolicy
-    from .transport import VendorStream
+    from ..resilience.replay import ConnectionTimeline
+
+_LOGGER = logging.getLogger(__name__)
 
 # A WebSocket message: ``str`` goes out as a text frame, ``bytes`` as a binary frame.
 Outgoing = str | bytes
@@ -88,19 +97,6 @@ class StreamOptions:
     session_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
-    """How to open the vendor's WebSocket for one stream."""
-
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    # Seconds between WebSocket pings; None where the vendor mishandles pings (iApp, SAUC).
-    ping_interval: float | None = None
-    ping_timeout: float | None = None
-    # Response headers worth logging (e.g. SAUC's X-Tt-Logid).
-    log_headers: Sequence[str] = ()
-
-
 class StreamCodec(ABC):
     """Sans-I/O state machine for one recognition stream.
 
@@ -157,6 +153,22 @@ class StreamCodec(ABC):
         shown = "no close frame" if code is None else f"code {code}"
         detail = f": {reason}" if reason else ""
         return [VendorError(f"vendor closed the connection before completing ({shown}{detail})")]
+
+
+class PcmFrameCodec(StreamCodec):
+    """A codec whose audio messages are the PCM itself, one binary frame per chunk, and whose end of stream is
+    one ``end_message`` (iApp, Yating)."""
+
+    end_message: ClassVar[Outgoing]
+
+    def send_audio(self, pcm: bytes) -> list[Outgoing]:
+        # Audio after the end is a protocol error, and an empty frame says nothing (or, to Yating, ends the stream).
+        if self.ended or not pcm:
+            return []
+        return [pcm]
+
+    def end_of_stream(self) -> list[Outgoing]:
+        return [self.end_message]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,17 +245,28 @@ class VendorSettings(BaseModel):
 
 
 class VendorAdapter(ABC):
-    """One vendor: its settings model, its connection recipe and its codec factory."""
+    """One vendor: its settings model, the languages it serves, its secrets, and how to open a stream."""
 
     # Registry name, also the key under ``vendors.`` in the config.
     name: ClassVar[str]
     settings_model: ClassVar[type[VendorSettings]]
     # The vendor's public endpoint, used when ``url`` is not set.
     default_url: ClassVar[str]
+    # The codec ``new_codec`` makes: the session reads what the vendor wants (audio format, chunk size, pacing,
+    # keepalive) from its class attributes before any stream exists.
+    codec_class: ClassVar[type[StreamCodec]]
+    # The stream ``open_stream`` makes.
+    stream_class: ClassVar[type[Stream]]
     # Whether a stream is a network connection worth holding open ahead of time (``prewarm``).
     prewarms_connections: ClassVar[bool] = True
+    # Whether its audio costs money, and so counts against the audio budget (``budget``).
+    paid: ClassVar[bool] = True
 
     def __init__(self, settings: VendorSettings) -> None:
+        if not isinstance(settings, self.settings_model):
+            # Settings validated as another model (e.g. the base one, built by hand): this vendor's keys get their
+            # defaults, so an adapter reads its own settings model, typed, as ``self.settings``.
+            settings = self.settings_model.model_validate(settings.model_dump())
         self.settings = settings
 
     @property
@@ -272,19 +295,12 @@ class VendorAdapter(ABC):
         return {"url": self.endpoint}
 
     @abstractmethod
-    async def prepare(self, options: StreamOptions) -> ConnectRequest:
-        """Everything before the WebSocket handshake (may do I/O, e.g. fetch a one-time token)."""
+    def new_codec(self, options: StreamOptions) -> StreamCodec:
+        """A fresh codec (a ``codec_class``) for one stream."""
 
     @abstractmethod
-    def new_codec(self, options: StreamOptions) -> StreamCodec:
-        """A fresh codec for one stream."""
-
-    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> VendorStream:
-        """A new (not yet connected) stream. Engines that are not WebSocket services return their own
-        ``VendorStream`` subclass; the session and the pre-warm pool only use this."""
-        from .transport import VendorStream
-
-        return VendorStream(self, options, policy)
+    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> Stream:
+        """A new, not yet connected stream (a ``stream_class``); the session and the pre-warm pool only use this."""
 
     def stream_variant(self, options: StreamOptions) -> object:
         """What makes two streams' set-up differ: a pre-warmed connection serves only requests of its variant.
@@ -293,6 +309,105 @@ class VendorAdapter(ABC):
         language (a Yating pipeline) add that.
         """
         return options.phrases
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streams
+
+# A stream's undelivered events; a vendor flooding results costs only its own stream.
+MAX_QUEUED_EVENTS = 1024
+
+
+class Stream(Protocol):
+    """One recognition stream, as the session and the pre-warm pool drive it, whatever carries it.
+
+    ``connect()`` raises ``VendorFailure``; from then on everything the vendor says (results, errors, the end of
+    the connection) arrives in ``events``, as the codec's ``VendorEvent``s. ``send_audio`` takes PCM in the
+    codec's ``audio_format``; ``end()`` sends the end of audio once; ``aclose()`` lets everything go.
+    """
+
+    # The audio clock of this connection, kept by whoever sends audio (keepalive silence included).
+    timeline: ConnectionTimeline | None
+
+    @property
+    def codec(self) -> StreamCodec: ...
+
+    @property
+    def events(self) -> asyncio.Queue[VendorEvent]: ...
+
+    @property
+    def end_sent(self) -> asyncio.Event:
+        """Set once the end of audio went out: from then on the vendor owes its final answer."""
+        ...
+
+    @property
+    def connect_seconds(self) -> float | None:
+        """How long ``connect()`` took (None until it succeeded)."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def wait_ready(self) -> None:
+        """Wait until the vendor accepted the stream (or the stream closed, which the events report)."""
+        ...
+
+    async def send_audio(self, pcm: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BaseStream:
+    """What every ``Stream`` keeps alike: its codec, its queue of events, whether it is ready and closed.
+
+    Implementations pass what their codec returns to ``_emit``, set ``_ready`` when audio may flow and
+    ``_closed`` once nothing more will arrive.
+    """
+
+    def __init__(self, adapter: VendorAdapter, options: StreamOptions, policy: ResiliencePolicy) -> None:
+        self.adapter = adapter
+        self.options = options
+        self.policy = policy
+        self.codec: StreamCodec = adapter.new_codec(options)
+        self.timeline: ConnectionTimeline | None = None
+        self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self.connect_seconds: float | None = None
+        self.end_sent = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_ready(self) -> None:
+        ready = asyncio.create_task(self._ready.wait())
+        closed = asyncio.create_task(self._closed.wait())
+        try:
+            await asyncio.wait((ready, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closed.cancel()
+
+    def _emit(self, events: Iterable[VendorEvent]) -> None:
+        for event in events:
+            if isinstance(event, StreamReady):
+                self._ready.set()
+            if self.events.full():
+                _LOGGER.warning("%s: dropping a result; the stream is not being read", self.adapter.name)
+                continue
+            self.events.put_nowait(event)
 
 
 class VendorFailure(Exception):

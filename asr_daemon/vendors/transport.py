@@ -1,9 +1,10 @@
-"""The one WebSocket transport every vendor codec runs over.
+"""The one WebSocket transport every cloud vendor's codec runs over.
 
-``VendorStream`` opens the connection an adapter describes, sends what the codec asks for and feeds every
-received message back into the codec, queueing the typed events it returns. Handshake failures are
-classified here, once for all vendors: 401/403 are fatal (a wrong key does not become right by retrying),
-other 4xx are fatal configuration errors, 5xx/429 and network errors are transient.
+A ``WebSocketAdapter`` describes the connection (``prepare`` → ``ConnectRequest``: URL, headers, pings).
+``VendorStream``, the WebSocket ``Stream``, opens it, sends what the codec asks for and feeds every received
+message back into the codec, queueing the typed events it returns. Handshake failures are classified here,
+once for all vendors: 401/403 are fatal (a wrong key does not become right by retrying), other 4xx are fatal
+configuration errors, 5xx/429 and network errors are transient.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -26,26 +30,12 @@ from websockets.uri import parse_uri
 from .. import __version__
 from ..redact import redact
 from ..resilience.policy import DEFAULT_POLICY, ResiliencePolicy
-from .base import (
-    Outgoing,
-    StreamCodec,
-    StreamOptions,
-    StreamReady,
-    VendorAdapter,
-    VendorError,
-    VendorEvent,
-    VendorFailure,
-)
-
-if TYPE_CHECKING:
-    from ..resilience.replay import ConnectionTimeline
+from .base import BaseStream, Outgoing, Stream, StreamOptions, VendorAdapter, VendorError, VendorFailure
 
 _LOGGER = logging.getLogger(__name__)
 
 # Largest message accepted from a vendor; results are small JSON documents.
 MAX_VENDOR_MESSAGE = 1 << 20
-# A stream's undelivered events; a vendor flooding results costs only its own stream.
-MAX_QUEUED_EVENTS = 1024
 
 
 def proxy_for(url: str) -> str | None:
@@ -71,26 +61,54 @@ def rejection_error(status: int, body: bytes) -> VendorError:
     return VendorError(f"vendor refused the connection (HTTP {status}){detail}", str(status), fatal=True)
 
 
-class VendorStream:
+# The query parameter that carries a token in the URL of vendors that take one there (Tiro, Yating).
+TOKEN_PARAMETER = "token"
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=<token>`` in its query (replacing a token already there, keeping the rest).
+
+    The result carries a secret: never log it (``redact()`` masks ``token=`` values where one slips through).
+    """
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAMETER]
+    query.append((TOKEN_PARAMETER, token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def token_in(url: str) -> str:
+    """The ``token`` query parameter of ``url`` ('' when there is none)."""
+    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if key == TOKEN_PARAMETER:
+            return value
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """How to open the vendor's WebSocket for one stream."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # The longest gap between WebSocket pings for this vendor; None: no pings, where the vendor mishandles them
+    # (iApp, SAUC). The transport pings every ``ResiliencePolicy.ping_interval`` within that bound and gives the
+    # link up after ``ResiliencePolicy.ping_timeout`` without an answer.
+    ping_interval: float | None = None
+    # Response headers worth logging (e.g. SAUC's X-Tt-Logid).
+    log_headers: Sequence[str] = ()
+
+
+class VendorStream(BaseStream):
     """One recognition stream over one WebSocket, driven by a codec."""
 
+    adapter: WebSocketAdapter
+
     def __init__(
-        self, adapter: VendorAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY
+        self, adapter: WebSocketAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY
     ) -> None:
-        self.adapter = adapter
-        self.options = options
-        self.policy = policy
-        self.codec: StreamCodec = adapter.new_codec(options)
-        # The audio clock of this connection, kept by whoever sends audio (keepalive silence included).
-        self.timeline: ConnectionTimeline | None = None
-        self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
-        self.connect_seconds: float | None = None
+        super().__init__(adapter, options, policy)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self._closed = asyncio.Event()
-        # Set once the end of audio went out: from then on the vendor owes us its final answer.
-        self.end_sent = asyncio.Event()
 
     async def connect(self) -> None:
         """Open the connection and start the stream; raises ``VendorFailure``."""
@@ -138,24 +156,6 @@ class VendorStream:
         if self.codec.ready:
             self._ready.set()
 
-    async def wait_ready(self) -> None:
-        """Wait until the vendor accepted the stream (or the stream failed, which the events report)."""
-        ready = asyncio.create_task(self._ready.wait())
-        closed = asyncio.create_task(self._closed.wait())
-        try:
-            await asyncio.wait((ready, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-            closed.cancel()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
     async def send(self, messages: Iterable[Outgoing]) -> None:
         """Send messages; a closed connection is reported through the events, not raised here."""
         ws = self._ws
@@ -193,15 +193,6 @@ class VendorStream:
                 await self._reader
         self._closed.set()
 
-    def _emit(self, events: Iterable[VendorEvent]) -> None:
-        for event in events:
-            if isinstance(event, StreamReady):
-                self._ready.set()
-            if self.events.full():
-                _LOGGER.warning("%s: dropping a result; the stream is not being read", self.adapter.name)
-                continue
-            self.events.put_nowait(event)
-
     async def _read(self) -> None:
         assert self._ws is not None
         ws = self._ws
@@ -224,3 +215,16 @@ class VendorStream:
                 reason = rcvd.reason if rcvd is not None else ""
                 self._emit(self.codec.connection_closed(code, reason))
             self._closed.set()
+
+
+class WebSocketAdapter(VendorAdapter):
+    """A cloud vendor reached over one WebSocket per stream: ``prepare`` says how to open it."""
+
+    stream_class: ClassVar[type[Stream]] = VendorStream
+
+    @abstractmethod
+    async def prepare(self, options: StreamOptions) -> ConnectRequest:
+        """Everything before the WebSocket handshake (may do I/O, e.g. fetch a one-time token)."""
+
+    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> VendorStream:
+        return VendorStream(self, options, policy)

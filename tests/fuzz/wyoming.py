@@ -28,7 +28,7 @@ from asr_daemon.session import SessionLimits
 from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from asr_daemon.sources.wyoming_reader import EventStreamReader
 from asr_daemon.vendors.base import (
-    ConnectRequest,
+    BaseStream,
     FinalResult,
     Outgoing,
     PartialResult,
@@ -39,7 +39,6 @@ from asr_daemon.vendors.base import (
     VendorEvent,
     VendorSettings,
 )
-from asr_daemon.vendors.transport import VendorStream
 
 # The daemon's default limit on the data + payload sizes an event may claim.
 MAX_EVENT_BYTES = 1 << 20
@@ -66,7 +65,7 @@ class StubCodec(StreamCodec):
         return []
 
 
-class StubStream(VendorStream):
+class StubStream(BaseStream):
     """A vendor that accepts at once, says one partial per audio chunk and answers the end of audio at once."""
 
     adapter: StubAdapter
@@ -94,19 +93,18 @@ class StubAdapter(VendorAdapter):
     name: ClassVar[str] = "stub"
     settings_model: ClassVar[type[VendorSettings]] = VendorSettings
     default_url: ClassVar[str] = "ws://127.0.0.1:9/unused"
+    codec_class: ClassVar[type[StreamCodec]] = StubCodec
+    stream_class: ClassVar[type[StubStream]] = StubStream
     prewarms_connections: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__(VendorSettings(languages=["en", "ja"]))
         self.open_streams = 0
 
-    async def prepare(self, options: StreamOptions) -> ConnectRequest:
-        return ConnectRequest(self.endpoint)
-
     def new_codec(self, options: StreamOptions) -> StreamCodec:
         return StubCodec()
 
-    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> VendorStream:
+    def open_stream(self, options: StreamOptions, policy: ResiliencePolicy) -> StubStream:
         return StubStream(self, options, policy)
 
 

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import AmiVoiceCodec
 
 LOGGING_URL = "wss://acp-api.amivoice.com/v1/"
@@ -102,22 +103,18 @@ class AmiVoiceSettings(VendorSettings):
         return "|".join(entries)
 
 
-class AmiVoiceAdapter(VendorAdapter):
+class AmiVoiceAdapter(WebSocketAdapter):
     name: ClassVar[str] = "amivoice"
     settings_model: ClassVar[type[VendorSettings]] = AmiVoiceSettings
     default_url: ClassVar[str] = NOLOG_URL
-
-    def __init__(self, settings: VendorSettings) -> None:
-        if not isinstance(settings, AmiVoiceSettings):
-            settings = AmiVoiceSettings.model_validate(settings.model_dump())
-        super().__init__(settings)
-        self.amivoice: AmiVoiceSettings = settings
+    codec_class: ClassVar[type[StreamCodec]] = AmiVoiceCodec
+    settings: AmiVoiceSettings
 
     @property
     def endpoint(self) -> str:
-        if self.amivoice.url:
-            return self.amivoice.url
-        return LOGGING_URL if self.amivoice.logging else NOLOG_URL
+        if self.settings.url:
+            return self.settings.url
+        return LOGGING_URL if self.settings.logging else NOLOG_URL
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         if not self.settings.key():
@@ -126,10 +123,10 @@ class AmiVoiceAdapter(VendorAdapter):
             raise VendorFailure(VendorError(missing, fatal=True))
         # Nothing to fetch: the key travels in the s command. Pings stay on: nothing reports AmiVoice
         # mishandling them (unlike iApp and SAUC), and they notice a dead network path.
-        return ConnectRequest(url=self.endpoint, ping_interval=20.0, ping_timeout=20.0)
+        return ConnectRequest(url=self.endpoint, ping_interval=20.0)
 
     def new_codec(self, options: StreamOptions) -> AmiVoiceCodec:
-        return AmiVoiceCodec(self.amivoice.engine, self.settings.key(), self.s_parameters(options))
+        return AmiVoiceCodec(self.settings.engine, self.settings.key(), self.s_parameters(options))
 
     def s_parameters(self, options: StreamOptions) -> list[tuple[str, str]]:
         """Everything after ``authorization=`` in the s command.
@@ -137,7 +134,7 @@ class AmiVoiceAdapter(VendorAdapter):
         ``options.phrases`` are not sent: an AmiVoice dictionary word needs its reading (kana), which a
         Wyoming phrase does not carry, and a word without one is not a valid ``profileWords`` entry.
         """
-        settings = self.amivoice
+        settings = self.settings
         parameters: list[tuple[str, str]] = []
         if settings.profile_id:
             parameters.append(("profileId", settings.profile_id))

@@ -7,14 +7,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..base import (
-    ConnectRequest,
-    StreamOptions,
-    VendorAdapter,
-    VendorError,
-    VendorFailure,
-    VendorSettings,
-)
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import IAppCodec
 
 
@@ -26,10 +20,11 @@ class IAppSettings(VendorSettings):
     )
 
 
-class IAppAdapter(VendorAdapter):
+class IAppAdapter(WebSocketAdapter):
     name: ClassVar[str] = "iapp"
     settings_model: ClassVar[type[VendorSettings]] = IAppSettings
     default_url: ClassVar[str] = "wss://api-iflytek.iapp.co.th/asr"
+    codec_class: ClassVar[type[StreamCodec]] = IAppCodec
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         key = self.settings.key()
@@ -37,7 +32,7 @@ class IAppAdapter(VendorAdapter):
             # The vendor would refuse the upgrade anyway; saying which setting is missing helps more.
             missing = "no iApp API key configured (set vendors.iapp.api_key or api_key_file)"
             raise VendorFailure(VendorError(missing, fatal=True))
-        return ConnectRequest(url=self.endpoint, headers={"apikey": key}, ping_interval=None, ping_timeout=None)
+        return ConnectRequest(url=self.endpoint, headers={"apikey": key}, ping_interval=None)
 
     def new_codec(self, options: StreamOptions) -> IAppCodec:
         # Thai is the endpoint's only language and it takes no options, so nothing in ``options`` applies.

@@ -17,7 +17,7 @@ from ..base import (
     FinalResult,
     Outgoing,
     PartialResult,
-    StreamCodec,
+    PcmFrameCodec,
     StreamCompleted,
     VendorError,
     VendorEvent,
@@ -37,8 +37,10 @@ _MESSAGE_KEYS = ("message", "error", "msg", "desc", "detail", "reason", "text")
 _CODE_KEYS = ("code", "status", "status_code")
 
 
-class IAppCodec(StreamCodec):
+class IAppCodec(PcmFrameCodec):
     """One iApp stream: no handshake, so it is ready as soon as the WebSocket is open."""
+
+    end_message: ClassVar[Outgoing] = END_OF_STREAM
 
     # 40 ms: the frame the upstream iFlyTek real-time engine asks for; the iApp sample sends 1024 B (32 ms).
     chunk_bytes: ClassVar[int] = 1280
@@ -53,15 +55,6 @@ class IAppCodec(StreamCodec):
     def start(self) -> list[Outgoing]:
         self.ready = True
         return []
-
-    def send_audio(self, pcm: bytes) -> list[Outgoing]:
-        # Audio after the end marker would be a protocol error, and an empty frame says nothing.
-        if self.ended or not pcm:
-            return []
-        return [pcm]
-
-    def end_of_stream(self) -> list[Outgoing]:
-        return [END_OF_STREAM]
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:
         if self.completed:

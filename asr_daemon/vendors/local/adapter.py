@@ -13,7 +13,7 @@ from typing import ClassVar
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ...resilience.policy import ResiliencePolicy
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import Stream, StreamCodec, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
 from .codec import LocalCodec
 from .engine import EngineConfig, LocalEngine, LocalStream
 from .grammar import EngineUnavailable, Grammar, GrammarError, build_grammar, check_phrases, missing_reason
@@ -85,20 +85,22 @@ class LocalAdapter(VendorAdapter):
     name: ClassVar[str] = "local"
     settings_model: ClassVar[type[VendorSettings]] = LocalSettings
     default_url: ClassVar[str] = ""
+    codec_class: ClassVar[type[StreamCodec]] = LocalCodec
+    stream_class: ClassVar[type[Stream]] = LocalStream
+    # Decoded on this machine: its audio costs nothing and is never counted against the budget.
+    paid: ClassVar[bool] = False
     # Nothing to connect to: ``prewarm`` means the decoder is loaded ahead (it is, with keep_loaded).
     prewarms_connections: ClassVar[bool] = False
     settings: LocalSettings
 
     def __init__(self, settings: VendorSettings) -> None:
-        if not isinstance(settings, LocalSettings):
-            raise TypeError(f"LocalAdapter needs LocalSettings, got {type(settings).__name__}")
         super().__init__(settings)
         self._engine: LocalEngine | None = None
         self._engine_lock = threading.Lock()
         self._grammar: Grammar | None = None
         self._problem: str | None = None
         try:
-            self._grammar = build_grammar(settings.grammar, settings.grammar_rule, settings.phrases)
+            self._grammar = build_grammar(self.settings.grammar, self.settings.grammar_rule, self.settings.phrases)
         except (GrammarError, EngineUnavailable) as exc:
             # Validation normally catches this first; a grammar that broke since is reported per utterance.
             self._problem = f"vendors.local: {exc}"
@@ -142,9 +144,6 @@ class LocalAdapter(VendorAdapter):
     def secrets(self) -> list[str]:
         # api_key is not used, but one configured by mistake is still kept out of the logs.
         return super().secrets()
-
-    async def prepare(self, options: StreamOptions) -> ConnectRequest:
-        raise VendorFailure(VendorError("the local engine has no connection to prepare", fatal=True))
 
     def new_codec(self, options: StreamOptions) -> LocalCodec:
         return LocalCodec()

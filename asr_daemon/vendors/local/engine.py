@@ -1,4 +1,4 @@
-"""The local engine: pocketsphinx's streaming decoder behind the ``VendorStream`` surface the session uses.
+"""The local engine: pocketsphinx's streaming decoder behind the ``Stream`` contract the session uses.
 
 Three layers:
 
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ...resilience.policy import DEFAULT_POLICY, ResiliencePolicy
-from ..base import StreamOptions, VendorAdapter, VendorError, VendorEvent, VendorFailure
-from ..transport import VendorStream
+from ..base import BaseStream, StreamOptions, VendorAdapter, VendorError, VendorEvent, VendorFailure
 from .codec import Boundary, LocalCodec, SpeechSegmenter
 from .grammar import EngineUnavailable, Grammar, import_pocketsphinx, model_paths
 
@@ -283,7 +282,7 @@ _END = _Marker("end")
 _STOP = _Marker("stop")
 
 
-class LocalStream(VendorStream):
+class LocalStream(BaseStream):
     """A recognition stream decoded on this machine by a worker thread."""
 
     codec: LocalCodec

@@ -10,7 +10,8 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ...credentials import read_secret_file, resolve_secret
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import RecognitionRequest, SaucCodec
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class VolcengineSettings(SaucSettings):
         return self.app_key.get_secret_value() if self.app_key is not None else ""
 
 
-class _SaucAdapter(VendorAdapter):
+class _SaucAdapter(WebSocketAdapter):
+    codec_class: ClassVar[type[StreamCodec]] = SaucCodec
     settings: SaucSettings
 
     def new_codec(self, options: StreamOptions) -> SaucCodec:
@@ -108,7 +110,7 @@ class _SaucAdapter(VendorAdapter):
     def _request(self, headers: dict[str, str], log_headers: tuple[str, ...]) -> ConnectRequest:
         # The service does not answer pings reliably while it ingests audio: pings would end good streams.
         return ConnectRequest(
-            url=self.endpoint, headers=headers, ping_interval=None, ping_timeout=None, log_headers=log_headers
+            url=self.endpoint, headers=headers, ping_interval=None, log_headers=log_headers
         )
 
 

@@ -7,14 +7,12 @@ That URL is therefore a secret in itself: it is built here, handed to the transp
 from __future__ import annotations
 
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 
-from ..base import ConnectRequest, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter, token_in, with_token
 from .codec import TiroCodec
-
-TOKEN_PARAMETER = "token"
 
 
 class TiroSettings(VendorSettings):
@@ -34,34 +32,12 @@ class TiroSettings(VendorSettings):
     word_time_offsets: bool = Field(default=True, description="Ask for word times (gives each segment's span)")
 
 
-def with_token(url: str, token: str) -> str:
-    """``url`` with ``token=<token>`` in its query (replacing a token already there, keeping the rest)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAMETER]
-    query.append((TOKEN_PARAMETER, token))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def token_in(url: str) -> str:
-    """The ``token`` query parameter of ``url`` ('' when there is none)."""
-    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
-        if key == TOKEN_PARAMETER:
-            return value
-    return ""
-
-
-class TiroAdapter(VendorAdapter):
+class TiroAdapter(WebSocketAdapter):
     name: ClassVar[str] = "tiro"
     settings_model: ClassVar[type[VendorSettings]] = TiroSettings
     default_url: ClassVar[str] = "wss://speech.talgreinir.is/v2beta1/speech:streamingrecognize"
-
-    @property
-    def tiro_settings(self) -> TiroSettings:
-        settings = self.settings
-        if not isinstance(settings, TiroSettings):
-            # Settings validated as the base model (e.g. built by hand): read Tiro's keys with their defaults.
-            settings = TiroSettings.model_validate(settings.model_dump())
-        return settings
+    codec_class: ClassVar[type[StreamCodec]] = TiroCodec
+    settings: TiroSettings
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         key = self.settings.key()
@@ -73,11 +49,11 @@ class TiroAdapter(VendorAdapter):
             missing = "no Tiro API key configured (set vendors.tiro.api_key or api_key_file)"
             raise VendorFailure(VendorError(missing, fatal=True))
         # The vendor's proxy reads continuously, so it answers pings; they find a dead link in long streams.
-        return ConnectRequest(url=url, ping_interval=20.0, ping_timeout=20.0)
+        return ConnectRequest(url=url, ping_interval=20.0)
 
     def new_codec(self, options: StreamOptions) -> TiroCodec:
         # Tiro recognises the model named by ``language_code``; every language routed here uses it.
-        settings = self.tiro_settings
+        settings = self.settings
         return TiroCodec(
             settings.language_code,
             interim_results=settings.interim_results,

@@ -6,18 +6,12 @@ The language of a stream picks the vendor's *pipeline* (its model), which is fix
 from __future__ import annotations
 
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from ..base import (
-    ConnectRequest,
-    StreamOptions,
-    VendorAdapter,
-    VendorError,
-    VendorFailure,
-    VendorSettings,
-)
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ..transport import ConnectRequest, WebSocketAdapter, with_token
 from .codec import YatingCodec
 from .token import fetch_token
 
@@ -90,41 +84,37 @@ class YatingSettings(VendorSettings):
         return None
 
 
-class YatingAdapter(VendorAdapter):
+class YatingAdapter(WebSocketAdapter):
     name: ClassVar[str] = "yating"
     settings_model: ClassVar[type[VendorSettings]] = YatingSettings
     default_url: ClassVar[str] = "wss://asr.api.yating.tw/ws/v1/"
-
-    @property
-    def yating(self) -> YatingSettings:
-        settings = self.settings
-        assert isinstance(settings, YatingSettings)
-        return settings
+    codec_class: ClassVar[type[StreamCodec]] = YatingCodec
+    settings: YatingSettings
 
     async def prepare(self, options: StreamOptions) -> ConnectRequest:
         key = self.settings.key()
         if not key:
             missing = "no Yating API key configured (set vendors.yating.api_key or api_key_file)"
             raise VendorFailure(VendorError(missing, fatal=True))
-        pipeline = self.yating.pipeline_for(options.language)
+        pipeline = self.settings.pipeline_for(options.language)
         if pipeline is None:
             shown = options.language or "(none)"
             message = f"Yating has no pipeline for language {shown!r}; map it in vendors.yating.pipelines"
             raise VendorFailure(VendorError(message, fatal=True))
         # A token is single-use and expires in 60 s: buy one per stream, never keep one.
         token = await fetch_token(
-            self.yating.token_url,
+            self.settings.token_url,
             key,
             pipeline,
-            self.yating.custom_model_id,
+            self.settings.custom_model_id,
             request_timeout=self.settings.connect_timeout,
         )
         # Pings: the vendor documents no keepalive, and a long microphone stream must notice a dead link.
-        return ConnectRequest(url=with_token(self.endpoint, token), ping_interval=20.0, ping_timeout=20.0)
+        return ConnectRequest(url=with_token(self.endpoint, token), ping_interval=20.0)
 
     def secret_carrying_urls(self) -> dict[str, str]:
         # The API key goes to token_url; the one-time token it buys goes to url.
-        return {"url": self.endpoint, "token_url": self.yating.token_url}
+        return {"url": self.endpoint, "token_url": self.settings.token_url}
 
     def new_codec(self, options: StreamOptions) -> YatingCodec:
         # Language, model and phrases are all fixed by the token's pipeline; the stream itself takes none.
@@ -132,12 +122,5 @@ class YatingAdapter(VendorAdapter):
 
     def stream_variant(self, options: StreamOptions) -> object:
         # A pre-warmed connection's token was bought for one pipeline.
-        return self.yating.pipeline_for(options.language)
+        return self.settings.pipeline_for(options.language)
 
-
-def with_token(url: str, token: str) -> str:
-    """``url`` with ``token=<token>`` in its query (replacing any there); never log the result."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    query.append(("token", token))
-    return urlunsplit(parts._replace(query=urlencode(query)))

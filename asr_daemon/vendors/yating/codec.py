@@ -20,7 +20,7 @@ from ..base import (
     FinalResult,
     Outgoing,
     PartialResult,
-    StreamCodec,
+    PcmFrameCodec,
     StreamCompleted,
     StreamReady,
     VendorError,
@@ -38,8 +38,10 @@ SESSION_STARTED = "session_started"
 _CREDENTIAL_WORDS = re.compile(r"token|auth|\bkey\b|api[ _-]?key|credential|permission|forbidden|denied", re.IGNORECASE)
 
 
-class YatingCodec(StreamCodec):
+class YatingCodec(PcmFrameCodec):
     """One Yating stream over a WebSocket whose URL already carries the one-time token."""
+
+    end_message: ClassVar[Outgoing] = END_OF_STREAM
 
     # 2000 bytes (1/16 s): the chunk size the vendor's documentation asks for.
     chunk_bytes: ClassVar[int] = 2000
@@ -56,15 +58,6 @@ class YatingCodec(StreamCodec):
     def start(self) -> list[Outgoing]:
         # The token is in the URL; the server speaks first.
         return []
-
-    def send_audio(self, pcm: bytes) -> list[Outgoing]:
-        # An empty frame would end the stream, and audio after the end is a protocol error.
-        if self.ended or not pcm:
-            return []
-        return [pcm]
-
-    def end_of_stream(self) -> list[Outgoing]:
-        return [END_OF_STREAM]
 
     def receive(self, message: str | bytes) -> list[VendorEvent]:
         if self.completed:

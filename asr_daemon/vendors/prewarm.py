@@ -14,11 +14,10 @@ import contextlib
 import logging
 from types import TracebackType
 
-from ..vendors.base import FinalResult, PartialResult, StreamOptions, StreamReady, VendorAdapter, VendorFailure
-from ..vendors.transport import VendorStream
-from .backoff import Backoff
-from .policy import ResiliencePolicy
-from .replay import ConnectionTimeline
+from ..resilience.backoff import Backoff
+from ..resilience.policy import ResiliencePolicy
+from ..resilience.replay import ConnectionTimeline
+from .base import FinalResult, PartialResult, Stream, StreamOptions, StreamReady, VendorAdapter, VendorFailure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class StreamPool:
         language = adapter.languages[0] if adapter.languages else ""
         self._template = StreamOptions(language=language, session_id="prewarm")
         self._variant = adapter.stream_variant(self._template)
-        self._held: VendorStream | None = None
+        self._held: Stream | None = None
         self._taken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
@@ -52,7 +51,7 @@ class StreamPool:
                 await self._task
         await self._release()
 
-    def take(self, options: StreamOptions) -> VendorStream | None:
+    def take(self, options: StreamOptions) -> Stream | None:
         """The held connection if it is ready and fits ``options`` (then a new one is prepared)."""
         stream = self._held
         if stream is None or not stream.ready or stream.closed or not _idle_and_healthy(stream):
@@ -99,7 +98,7 @@ class StreamPool:
             self._taken.clear()
             await self._hold(stream)
 
-    async def _hold(self, stream: VendorStream) -> None:
+    async def _hold(self, stream: Stream) -> None:
         """Keep ``stream`` alive until it is taken, breaks, or has been idle for ``max_idle``."""
         keepalive = stream.codec.keepalive_seconds
         silence = b"\x00" * stream.codec.chunk_bytes
@@ -126,7 +125,7 @@ class StreamPool:
             await stream.aclose()
 
 
-def _idle_and_healthy(stream: VendorStream) -> bool:
+def _idle_and_healthy(stream: Stream) -> bool:
     """Drop what a vendor says about silence; anything else (an error, an end, text) spoils the connection."""
     while not stream.events.empty():
         event = stream.events.get_nowait()
