@@ -104,6 +104,61 @@ def _debootstrap(suite: str, target: Path, log: bool) -> None:
         package.unlink()
 
 
+# A slim root to import as a container base image (``podman import``), standing in for the official Debian
+# Python image users pull: Python with venv and CA certificates, no init system, no documentation.
+SLIM_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+SLIM_RECIPE_VERSION = 1
+SLIM_DROPPED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists")
+
+
+def slim_recipe(arch: str) -> str:
+    return f"slim v{SLIM_RECIPE_VERSION} trixie {arch} minbase {','.join(SLIM_PACKAGES)}\n"
+
+
+def ensure_slim_root(arch: str = "amd64", log: bool = True) -> Path:
+    """The cached slim trixie root for ``arch`` (``arm64`` needs qemu-user-static), built first if missing."""
+    name = f"trixie-slim-{arch}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    root = CACHE / name
+    stamp = CACHE / f"{name}.recipe"
+    with (CACHE / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir() and stamp.is_file() and stamp.read_text() == slim_recipe(arch):
+            return root
+        build = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
+        try:
+            output = None if log else subprocess.DEVNULL
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--arch={arch}",
+                    f"--include={','.join(SLIM_PACKAGES)}",
+                    "trixie",
+                    str(build),
+                    MIRROR,
+                ],
+                check=True,
+                stdout=output,
+            )
+            host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+            if host_bundle.is_file():
+                shutil.copyfile(host_bundle, build / "etc/ssl/certs/ca-certificates.crt")
+            for dropped in SLIM_DROPPED:
+                shutil.rmtree(build / dropped, ignore_errors=True)
+            for package in (build / "var/cache/apt/archives").glob("*.deb"):
+                package.unlink()
+            stamp.unlink(missing_ok=True)
+            if root.exists():
+                shutil.rmtree(root)
+            build.rename(root)
+        finally:
+            if build.exists():
+                shutil.rmtree(build, ignore_errors=True)
+        stamp.write_text(slim_recipe(arch))
+        return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.debian_root", description=__doc__.split("\n")[0])
     parser.add_argument("suite", nargs="?", default="trixie")
