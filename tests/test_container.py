@@ -17,14 +17,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import podman
+from tests.support import supervisor as fake_supervisor
 from tests.support.speech import have_speech_tools, utterance
+from tests.support.supervisor import FakeSupervisor
 from tests.support.wyoming import describe, transcribe
 from tests.test_systemd_install import free_port
 
@@ -136,6 +137,12 @@ def readable_by_daemon(path: Path, mode: int) -> None:
     path.chmod(mode)
 
 
+@pytest.fixture
+def supervisor() -> Iterator[FakeSupervisor]:
+    with fake_supervisor.running() as server:
+        yield server
+
+
 def test_image_serves_home_assistant(image: str, emulator: int, container_name: str, tmp_path: Path) -> None:
     port = free_port()
     config_dir, secrets = tmp_path / "config", tmp_path / "secrets"
@@ -227,56 +234,6 @@ def test_image_serves_home_assistant(image: str, emulator: int, container_name: 
 
     logs = subprocess.run([*podman.PODMAN, "logs", container_name], capture_output=True, text=True, check=True)
     assert KEY not in logs.stdout + logs.stderr
-
-
-class FakeSupervisor(ThreadingHTTPServer):
-    """Stands in for http://supervisor: records discovery messages, answers as the Supervisor does."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.discoveries: list[dict[str, Any]] = []
-        self.bad_requests: list[str] = []
-        super().__init__(("127.0.0.1", 0), _SupervisorHandler)
-
-
-class _SupervisorHandler(BaseHTTPRequestHandler):
-    server: FakeSupervisor
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.headers.get("Authorization") != f"Bearer {self.server.token}":
-            self.server.bad_requests.append(f"token: {self.headers.get('Authorization')!r}")
-            self._answer(401, {"result": "error", "message": "unauthorized"})
-            return
-        if self.path != "/discovery":
-            self.server.bad_requests.append(f"path: {self.path}")
-            self._answer(404, {"result": "error", "message": "not found"})
-            return
-        self.server.discoveries.append(json.loads(body))
-        self._answer(200, {"result": "ok", "data": {"uuid": uuid.uuid4().hex}})
-
-    def _answer(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def supervisor() -> Iterator[FakeSupervisor]:
-    server = FakeSupervisor(token=uuid.uuid4().hex)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_addon_announces_itself(
