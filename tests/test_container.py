@@ -9,6 +9,7 @@ itself to a fake Supervisor, a small HTTP server in the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from tests.test_systemd_install import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "amivoice-container-secret-4711"
+STALLED_KEY = "iapp-container-secret-0815"
 SCRIPT = "今日はいい天気ですね。"
 IMAGE = "localhost/asr-daemon:test"
 ADDON_IMAGE = "localhost/asr-daemon-addon:test"
@@ -57,19 +59,12 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[int]:
+@contextlib.contextmanager
+def emulating(vendor: str, *options: str) -> Iterator[str]:
+    """A vendor emulator on the host; yields the URL to configure."""
     port = free_port()
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "asr_daemon", "emulate", "amivoice"),
-            "--port",
-            str(port),
-            "--key",
-            KEY,
-            "--script",
-            SCRIPT,
-        ],
+        [sys.executable, "-m", "asr_daemon", "emulate", vendor, "--port", str(port), *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -77,11 +72,25 @@ def emulator() -> Iterator[int]:
     )
     try:
         assert process.stdout is not None
-        assert "listening" in process.stdout.readline()
-        yield port
+        line = process.stdout.readline()
+        assert "listening" in line, line
+        yield line.rsplit(" ", 1)[-1].strip()
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    with emulating("amivoice", "--key", KEY, "--script", SCRIPT) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stalled_vendor() -> Iterator[str]:
+    """A vendor that takes the audio and never answers: its utterance cannot finish within the drain."""
+    with emulating("iapp", "--key", STALLED_KEY, "--fault", "stall") as url:
+        yield url
 
 
 @pytest.fixture
@@ -143,20 +152,25 @@ def supervisor() -> Iterator[FakeSupervisor]:
         yield server
 
 
-def test_image_serves_home_assistant(image: str, emulator: int, container_name: str, tmp_path: Path) -> None:
+def test_image_serves_home_assistant(
+    image: str, emulator: str, stalled_vendor: str, container_name: str, tmp_path: Path
+) -> None:
     port = free_port()
     config_dir, secrets = tmp_path / "config", tmp_path / "secrets"
     config_dir.mkdir()
     secrets.mkdir()
     (config_dir / "config.yaml").write_text(
         f"wyoming:\n  uri: tcp://127.0.0.1:{port}\n  max_sessions: {SLOTS}\n"
-        f"vendors:\n  amivoice:\n    url: ws://127.0.0.1:{emulator}/v1/\n    languages: [ja, ja-JP]\n"
+        f"vendors:\n  amivoice:\n    url: {emulator}\n    languages: [ja, ja-JP]\n"
+        f"  iapp:\n    url: {stalled_vendor}\n    languages: [th]\n    prewarm: false\n"
         "  local:\n    languages: [en]\n"
     )
     (config_dir / "config.yaml").chmod(0o644)
     # The key reaches the container as a file in the credentials directory, as docker and podman secrets do.
     (secrets / "amivoice_api_key").write_text(KEY + "\n")
     readable_by_daemon(secrets / "amivoice_api_key", 0o400)
+    (secrets / "iapp_api_key").write_text(STALLED_KEY)
+    readable_by_daemon(secrets / "iapp_api_key", 0o400)
     readable_by_daemon(secrets, 0o500)
 
     started = time.monotonic()
@@ -211,33 +225,36 @@ def test_image_serves_home_assistant(image: str, emulator: int, container_name: 
     assert refused_code == "busy", refused_code  # every slot really was taken
     assert health_code == 0
 
-    # SIGTERM with an utterance in flight: the utterance ends with its transcript, the container exits 0
-    # within the engines' stop timeout.
-    outcome: dict[str, Any] = {}
+    # SIGTERM with two utterances in flight: the one whose vendor answers ends with its transcript, the one whose
+    # vendor stalls is cut when the drain ends, and the container exits 0 within the engines' stop timeout.
+    outcomes: dict[str, Any] = {}
 
-    def in_flight() -> None:
-        outcome["result"] = asyncio.run(
-            transcribe(port, utterance("what is the weather like tomorrow"), language="ja", speed=1.0, timeout=30)
+    def in_flight(language: str) -> None:
+        outcomes[language] = asyncio.run(
+            transcribe(port, utterance("what is the weather like tomorrow"), language=language, speed=1.0, timeout=30)
         )
 
-    client = threading.Thread(target=in_flight)
-    client.start()
+    clients = [threading.Thread(target=in_flight, args=(language,)) for language in ("ja", "th")]
+    for client in clients:
+        client.start()
     time.sleep(1.0)
     stop_started = time.monotonic()
     podman.podman("stop", "--time", str(STOP_TIMEOUT), container_name, timeout=60)
     stopped_after = time.monotonic() - stop_started
-    client.join(timeout=30)
-    print(f"stopped {stopped_after:.1f} s after SIGTERM with an utterance in flight")
-    assert outcome["result"].error is None and outcome["result"].text == SCRIPT, outcome["result"]
+    for client in clients:
+        client.join(timeout=30)
+    print(f"stopped {stopped_after:.1f} s after SIGTERM with a stalled utterance in flight")
+    assert outcomes["ja"].error is None and outcomes["ja"].text == SCRIPT, outcomes["ja"]
+    assert outcomes["th"].text is None, outcomes["th"]  # it ended without a made-up transcript
     assert podman.podman("inspect", "--format", "{{.State.ExitCode}}", container_name).strip() == "0"
     assert stopped_after < STOP_TIMEOUT
 
     logs = subprocess.run([*podman.PODMAN, "logs", container_name], capture_output=True, text=True, check=True)
-    assert KEY not in logs.stdout + logs.stderr
+    assert KEY not in logs.stdout + logs.stderr and STALLED_KEY not in logs.stdout + logs.stderr
 
 
 def test_addon_announces_itself(
-    image: str, emulator: int, supervisor: FakeSupervisor, container_name: str, tmp_path: Path
+    image: str, emulator: str, supervisor: FakeSupervisor, container_name: str, tmp_path: Path
 ) -> None:
     podman.build(ADDON_IMAGE, context=ROOT / "addon", build_args={"BUILD_FROM": image})
     data = tmp_path / "data"
@@ -251,7 +268,7 @@ def test_addon_announces_itself(
                         "name": "amivoice",
                         "api_key": KEY,
                         "languages": "ja, ja-JP",
-                        "url": f"ws://127.0.0.1:{emulator}/v1/",
+                        "url": emulator,
                     }
                 ],
                 "log_level": "info",
