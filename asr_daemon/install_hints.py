@@ -31,3 +31,15 @@ else:
     MIC_INSTALL_HINT = (
         "sudo scripts/install --with-mic (the installed service), or .venv/bin/pip install -e '.[mic]' (a checkout)"
     )
+
+
+def key_file_hint(vendor: str) -> str:
+    """Where a key file for ``vendor`` goes where the daemon runs."""
+    if INSTALL_KIND == "container":
+        return f"for the container, a file {vendor}_api_key in the mounted /run/secrets (a docker or podman secret)"
+    if INSTALL_KIND == "addon":
+        return f"for the add-on, the api_key of {vendor} on its Configuration tab"
+    return (
+        f"for the installed service, the file /etc/asr-daemon/credentials/{vendor}_api_key followed by "
+        "sudo scripts/install"
+    )

@@ -145,19 +145,33 @@ def test_start_program_stops_on_bad_options(tmp_path: Path) -> None:
     assert "vendors[1]" in done.stderr and "secret-key-987654321" not in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("kind", "absent"), [("container", "scripts/install --with-local"), ("addon", "scripts/install --with-local")]
-)
-def test_install_advice_fits_where_the_daemon_runs(kind: str, absent: str) -> None:
-    shown = subprocess.run(
+@pytest.mark.parametrize(("kind", "where"), [("container", "/run/secrets"), ("addon", "Configuration tab")])
+def test_install_advice_fits_where_the_daemon_runs(kind: str, where: str, tmp_path: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "ASR_DAEMON_INSTALL": kind}
+    hints = subprocess.run(
         [
             sys.executable,
             "-c",
             "from asr_daemon import install_hints as h; print(h.LOCAL_INSTALL_HINT, h.MIC_INSTALL_HINT)",
         ],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "ASR_DAEMON_INSTALL": kind},
+        env=environment,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert absent not in shown and "pip install" not in shown, shown
+    assert "scripts/install --with-local" not in hints and "pip install" not in hints, hints
+    # A vendor without a key: check says where the key goes here, not in a Raspberry Pi install's paths.
+    config = tmp_path / "config.yaml"
+    config.write_text("vendors:\n  amivoice:\n    languages: [ja]\n")
+    environment.pop("ASR_DAEMON_VENDORS__AMIVOICE__API_KEY", None)
+    environment.pop("CREDENTIALS_DIRECTORY", None)
+    check = subprocess.run(
+        [sys.executable, "-m", "asr_daemon", "check", "--config", str(config)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shown = check.stdout + check.stderr
+    assert "no API key" in shown and where in shown, shown
+    assert "/etc/asr-daemon/credentials" not in shown and "scripts/install" not in shown, shown
