@@ -145,6 +145,28 @@ def test_start_program_stops_on_bad_options(tmp_path: Path) -> None:
     assert "vendors[1]" in done.stderr and "secret-key-987654321" not in done.stderr
 
 
+def test_a_daemon_that_refuses_its_configuration_is_not_announced(supervisor: FakeSupervisor, tmp_path: Path) -> None:
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"vendors": [{"name": "no-such-vendor", "languages": "en"}]}))
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SUPERVISOR_API": f"http://127.0.0.1:{supervisor.server_port}",
+        "SUPERVISOR_TOKEN": supervisor.token,
+        "ASR_DAEMON_ADDON_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "asr_daemon.service.addon", "--options", str(options)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr  # the daemon's configuration error, passed on
+    assert "no-such-vendor" in done.stderr
+    assert supervisor.discoveries == []
+
+
 @pytest.mark.parametrize(("kind", "where"), [("container", "/run/secrets"), ("addon", "Configuration tab")])
 def test_install_advice_fits_where_the_daemon_runs(kind: str, where: str, tmp_path: Path) -> None:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "ASR_DAEMON_INSTALL": kind}
