@@ -25,6 +25,8 @@ PODMAN = ("podman", "--runtime", "runc")
 LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 RECIPE_LABEL = "org.asr-daemon.test-base-recipe"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Set on both stages of the Containerfile: what prune_replaced() may remove.
+SOURCE_LABEL = "org.opencontainers.image.source=https://github.com/asr-daemon/asr-daemon"
 
 
 def unavailable() -> str | None:
@@ -87,6 +89,7 @@ def build(
     containerfile: Path | None = None,
     build_args: Mapping[str, str] | None = None,
     arch: str | None = None,
+    target: str | None = None,
     timeout: float = 1800,
 ) -> None:
     """``podman build`` in the Docker format, so HEALTHCHECK is kept (the OCI format drops it)."""
@@ -97,7 +100,15 @@ def build(
         args += ["--build-arg", f"{key}={value}"]
     if arch is not None:
         args += ["--arch", arch]
+    if target is not None:
+        args += ["--target", target]
     podman(*args, str(context), timeout=timeout)
+
+
+def prune_replaced() -> None:
+    """Remove this project's images that a newer build replaced (untagged), keeping the tagged ones, whose
+    layers are the next build's cache."""
+    podman("image", "prune", "--force", "--filter", f"label={SOURCE_LABEL}", timeout=300)
 
 
 def run_args(image: str, *, name: str, options: Sequence[str] = (), command: Sequence[str] = ()) -> list[str]:
