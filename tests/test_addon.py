@@ -23,6 +23,7 @@ import yaml
 
 from asr_daemon.service import addon
 from asr_daemon.settings import EventsSettings, LimitsSettings, load_settings
+from asr_daemon.vendors import registry
 from tests.support import supervisor as fake_supervisor
 from tests.support.supervisor import FakeSupervisor
 from tests.support.wyoming import describe
@@ -47,6 +48,18 @@ def test_stop_timeouts_fit_the_engines_stop_timeout() -> None:
     assert stop and int(stop.group(1)) > worst
     config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
     assert config["timeout"] >= worst + 1
+
+
+def test_addon_schema_offers_every_vendor_and_the_defaults_fit_it(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
+    names = re.fullmatch(r"list\((.*)\)", config["schema"]["vendors"][0]["name"])
+    assert names and set(names.group(1).split("|")) == set(registry.VENDORS)
+    assert {"aarch64", "amd64"} <= set(config["arch"]) and config["discovery"] == ["wyoming"]
+    assert "10300/tcp" in config["ports"]
+    # The options a fresh install starts with make a configuration the daemon accepts.
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(addon.daemon_config(config["options"], data=tmp_path)))
+    assert set(load_settings(written).configured_vendors()) == {"local"}
 
 
 def test_options_become_a_configuration_the_daemon_accepts(tmp_path: Path) -> None:
