@@ -269,26 +269,11 @@ async def _emulate(args: argparse.Namespace) -> int:
 
 
 async def _health(args: argparse.Namespace) -> int:
-    from urllib.parse import urlparse
+    from .service.probe import describe, local_uri
 
-    from wyoming.client import AsyncClient
-    from wyoming.info import Describe, Info
-
-    parsed = urlparse(args.uri)
-    uri = args.uri
-    if parsed.scheme == "tcp" and parsed.hostname in ("0.0.0.0", "::"):
-        uri = f"tcp://127.0.0.1:{parsed.port}"
+    uri = local_uri(args.uri)
     try:
-        async with asyncio.timeout(args.timeout):
-            async with AsyncClient.from_uri(uri) as client:
-                await client.write_event(Describe().event())
-                while True:
-                    event = await client.read_event()
-                    if event is None:
-                        raise ConnectionError("connection closed before info")
-                    if Info.is_type(event.type):
-                        info = Info.from_event(event)
-                        break
+        info = await describe(uri, args.timeout)
     except (OSError, TimeoutError, ConnectionError) as exc:
         print(f"unhealthy: {uri}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED

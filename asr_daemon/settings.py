@@ -135,8 +135,9 @@ class LimitsSettings(BaseModel):
     final_timeout: float = Field(
         default=10.0, gt=0, le=120, description="Seconds from audio-stop to the final transcript or an error"
     )
+    # Drain + events.flush_timeout (6 + 2 s) fit the 10 s container engines and the Supervisor wait after SIGTERM.
     drain_timeout: float = Field(
-        default=15.0, ge=0, le=600, description="Seconds in-flight utterances may take to finish at shutdown"
+        default=6.0, ge=0, le=600, description="Seconds in-flight utterances may take to finish at shutdown"
     )
     fallback_after: float = Field(
         default=5.0,
@@ -321,7 +322,7 @@ class EventsSettings(BaseModel):
         default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the microphone's events"
     )
     queue_size: int = Field(default=1000, ge=10, le=1_000_000, description="Events each sink may have waiting")
-    flush_timeout: float = Field(default=5.0, ge=0, le=120, description="Seconds sinks get to deliver at shutdown")
+    flush_timeout: float = Field(default=2.0, ge=0, le=120, description="Seconds sinks get to deliver at shutdown")
 
     @field_validator("forward_uris")
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from .install_hints import LOCAL_INSTALL_HINT, MIC_INSTALL_HINT
+from .install_hints import LOCAL_INSTALL_HINT, MIC_INSTALL_HINT, key_file_hint
 from .redact import redact
 
 if TYPE_CHECKING:
@@ -61,9 +61,8 @@ def _missing_keys(adapters: dict[str, VendorAdapter]) -> list[Finding]:
             continue
         message = (
             f"no API key: {name} will refuse every request. Give it one of three ways: api_key_file (a file "
-            f"holding the key), the environment variable ASR_DAEMON_VENDORS__{name.upper()}__API_KEY, or, for "
-            f"the installed service, the file /etc/asr-daemon/credentials/{name}_api_key followed by "
-            f"sudo scripts/install; or remove vendors.{name}"
+            f"holding the key), the environment variable ASR_DAEMON_VENDORS__{name.upper()}__API_KEY, or, "
+            f"{key_file_hint(name)}; or remove vendors.{name}"
         )
         found.append(Finding("error", f"vendors.{name}.api_key", message))
     return found

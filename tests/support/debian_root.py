@@ -213,6 +213,45 @@ def _build_ha_root(target: Path, log: bool) -> None:
         package.unlink()
 
 
+# A slim root to import as a container base image (``podman import``), standing in for the official Debian
+# Python image users pull: Python with venv and CA certificates, no init system, no documentation.
+SLIM_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+SLIM_RECIPE_VERSION = 1
+SLIM_DROPPED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists")
+
+
+def slim_recipe(arch: str) -> str:
+    return f"slim v{SLIM_RECIPE_VERSION} trixie {arch} minbase {','.join(SLIM_PACKAGES)}\n"
+
+
+def ensure_slim_root(arch: str = "amd64", log: bool = True) -> Path:
+    """The cached slim trixie root for ``arch`` (``arm64`` needs qemu-user-static), built first if missing."""
+    return _cached(f"trixie-slim-{arch}", slim_recipe(arch), lambda target: _build_slim_root(target, arch, log))
+
+
+def _build_slim_root(target: Path, arch: str, log: bool) -> None:
+    subprocess.run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--arch={arch}",
+            f"--include={','.join(SLIM_PACKAGES)}",
+            "trixie",
+            str(target),
+            MIRROR,
+        ],
+        check=True,
+        stdout=None if log else subprocess.DEVNULL,
+    )
+    host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if host_bundle.is_file():
+        shutil.copyfile(host_bundle, target / "etc/ssl/certs/ca-certificates.crt")
+    for dropped in SLIM_DROPPED:
+        shutil.rmtree(target / dropped, ignore_errors=True)
+    for package in (target / "var/cache/apt/archives").glob("*.deb"):
+        package.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.debian_root", description=__doc__.split("\n")[0])
     parser.add_argument("suite", nargs="?", default="trixie")
