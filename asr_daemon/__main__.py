@@ -238,25 +238,25 @@ async def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(f"… {text}", file=sys.stderr, flush=True)
 
-    session = Session(adapter, StreamOptions(language=args.language, session_id="cli"), limits, show_partial)
     step = fmt.bytes_per_second // 10 // fmt.frame_bytes * fmt.frame_bytes
     started = time.monotonic()
     try:
-        for offset in range(0, len(frames), step):
-            session.feed(frames[offset : offset + step], fmt)
-            if args.pace > 0:
-                due = started + (offset + step) / fmt.bytes_per_second / args.pace
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-            else:
-                await asyncio.sleep(0)
-        result = await session.finish()
+        async with Session(
+            adapter, StreamOptions(language=args.language, session_id="cli"), limits, show_partial
+        ) as session:
+            for offset in range(0, len(frames), step):
+                session.feed(frames[offset : offset + step], fmt)
+                if args.pace > 0:
+                    due = started + (offset + step) / fmt.bytes_per_second / args.pace
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                else:
+                    await asyncio.sleep(0)
+            result = await session.finish()
     except SessionError as error:
         if interactive:
             print(file=sys.stderr)
         print(f"asr-daemon: {error.message} ({error.code})", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        await session.aclose()
     if interactive:
         print(file=sys.stderr)
     print(result.text)
