@@ -65,6 +65,8 @@ def daemon_config(port: int, vendors: dict[str, dict[str, Any]], max_sessions: i
         "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
         "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
         "log": {"level": "info", "format": "human"},
+        # Latency is measured from audio-stop, so utterances end there (endpointing answers before it).
+        "endpointing": {"enabled": False},
         "vendors": vendors,
     }
 
