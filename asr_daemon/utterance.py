@@ -118,11 +118,17 @@ class Utterance:
         self._endpointer: Endpointer | None = None
         # No more audio goes to the vendor: the speech or the client's audio ended.
         self._audio_ended = False
+        self._speech_ended = False
         self._finishing: asyncio.Task[None] | None = None
 
     @property
     def answered(self) -> bool:
         return self.answer.done()
+
+    @property
+    def speech_ended(self) -> bool:
+        """The detector heard the end of speech (or none at all) and ended the utterance."""
+        return self._speech_ended
 
     @property
     def taking_audio(self) -> bool:
@@ -281,7 +287,7 @@ class Utterance:
             self._end_of_speech(session, endpointer)
 
     def _end_of_speech(self, session: Session, endpointer: Endpointer) -> None:
-        self._audio_ended = True
+        self._audio_ended = self._speech_ended = True
         self._publish_end()
         if self.answer.done():
             return

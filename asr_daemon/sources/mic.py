@@ -427,18 +427,7 @@ class MicSource:
 
     async def _listen(self, capture: Capture, fmt: CaptureFormat) -> None:
         normaliser = AudioNormaliser(PCM16K)
-        max_seconds = self.limits.max_audio_seconds
-        segmenter = VadSegmenter(
-            VadSettings(
-                threshold=self.settings.vad_threshold,
-                speech_seconds=self.settings.speech_seconds,
-                silence_seconds=self.settings.silence_seconds,
-                pre_roll_seconds=self.settings.pre_roll_seconds,
-                max_seconds=max(1.0, max_seconds - 0.5),
-                always_stream=self.settings.always_stream,
-            ),
-            self._detector(),
-        )
+        segmenter = self._segmenter()
         source_format = fmt.audio_format
         while True:
             data = await capture.read()
@@ -454,6 +443,24 @@ class MicSource:
                     self._feed(segment.audio)
                 elif isinstance(segment, UtteranceEnded):
                     self._end_utterance(segment.reason)
+            current = self._current
+            if current is not None and current.speech_ended:
+                # Endpointing heard the end first: the next speech starts a new utterance (and a new segmenter).
+                self._end_utterance("end of speech")
+                segmenter = self._segmenter()
+
+    def _segmenter(self) -> VadSegmenter:
+        return VadSegmenter(
+            VadSettings(
+                threshold=self.settings.vad_threshold,
+                speech_seconds=self.settings.speech_seconds,
+                silence_seconds=self.settings.silence_seconds,
+                pre_roll_seconds=self.settings.pre_roll_seconds,
+                max_seconds=max(1.0, self.limits.max_audio_seconds - 0.5),
+                always_stream=self.settings.always_stream,
+            ),
+            self._detector(),
+        )
 
     def _detector(self) -> SpeechDetector:
         detector: SpeechDetector = self._detector_factory()
@@ -481,8 +488,9 @@ class MicSource:
             vendor=self.settings.vendor,
             started=time.time() - len(segment.audio) / PCM16K.bytes_per_second,
             pool=self.pool,
-            # The segmenter ends the utterance; the detector tells whether the finals already cover it then.
-            ends_itself=False,
+            # Endpointing ends an utterance at its end of speech, or the segmenter at its silence, whichever
+            # comes first. Streaming everything, the segmenter alone cuts (stretches without speech included).
+            ends_itself=not self.settings.always_stream,
             # Noise the segmenter took for speech is not worth an event.
             publish_empty=False,
             log_refusals=False,
