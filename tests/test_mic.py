@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from wyoming.event import Event, async_read_event
 
-from asr_daemon.audio.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadSegmenter, VadSettings, micro_vad
+from asr_daemon.audio.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadSegmenter, VadSettings, webrtc_vad
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.events import AsrEvent, EventKind, Subscription
@@ -26,7 +26,6 @@ from tests.support.speech import have_speech_tools, silence, speech
 from tests.support.wyoming import describe
 
 pyaudio = pytest.importorskip("pyaudio", reason="PyAudio is needed (the mic extra)")
-pytest.importorskip("pymicro_vad", reason="pymicro-vad is needed (the mic extra)")
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
 
 SCRIPTS = [["一つ目です"], ["二つ目です"]]
@@ -69,7 +68,7 @@ def finals(events: list[AsrEvent]) -> list[AsrEvent]:
 
 def expected_utterances(pcm: bytes) -> list[bytes]:
     """What the daemon must send the vendor for ``pcm``: the same segmenter, offline, on the same bytes."""
-    segmenter = VadSegmenter(VadSettings(), micro_vad())
+    segmenter = VadSegmenter(VadSettings(), webrtc_vad())
     utterances: list[bytes] = []
     current = bytearray()
     for step in range(0, len(pcm), 960):
@@ -269,3 +268,27 @@ async def test_with_prewarm_each_utterance_starts_on_a_connection_that_was_alrea
     # Which connection (so which emulator script) an utterance gets depends on the pool's timing.
     assert sorted(e.text or "" for e in finals(events)) == ["一つ目です", "二つ目です"]
     assert not any(record.violations for record in emulator.streams)
+
+
+async def test_with_endpointing_each_utterance_ends_at_its_end_of_speech_before_the_segmenters_silence(
+    tmp_path: Path,
+) -> None:
+    pcm = two_sentences()
+    expected = expected_utterances(pcm)
+    options = EmulatorOptions(stream_scripts=SCRIPTS, keep_pcm=True)
+    async with AmiVoiceEmulator(options).running() as emulator:
+        assert isinstance(emulator, AmiVoiceEmulator)
+        with fake_microphone(tmp_path, pcm) as device:
+            config = mic_config(emulator, device)
+            config["endpointing"] = {"enabled": True, "silence_seconds": 0.4}
+            async with running_daemon(config) as daemon:
+                subscription = daemon.events.subscribe("test")
+                events = await collect(subscription, lambda seen: len(finals(seen)) == 2)
+    assert [e.text for e in finals(events)] == ["一つ目です", "二つ目です"]
+    assert len(emulator.streams) == len(expected) == 2
+    for record, audio in zip(emulator.streams, expected, strict=True):
+        sent = bytes(record.pcm)
+        assert not record.violations
+        # All the speech, in order, and then less of the silence than the segmenter's 0.7 s would have sent.
+        assert sent == audio[: len(sent)]
+        assert len(audio.rstrip(b"\x00")) <= len(sent) < len(audio)
