@@ -122,8 +122,6 @@ class FeltRun:
     level: int
     iterations: int
     results: list[StreamResult]
-    # Whether the daemon under mode "endpointing" had the endpointing setting (False: it ran as before).
-    endpointing_supported: bool
     endpointing_cpu_seconds: float
     endpointing_audio_seconds: float
     wall_seconds: float

@@ -161,7 +161,6 @@ def felt_figures(felt: FeltRun) -> dict[str, Any]:
             },
         }
     audio = felt.endpointing_audio_seconds
-    figures["endpointing_supported"] = felt.endpointing_supported
     figures["endpointing_cpu_pct_per_stream"] = 100 * felt.endpointing_cpu_seconds / audio if audio else None
     figures["wall_seconds"] = felt.wall_seconds
     return figures
@@ -572,12 +571,6 @@ def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
         f"CPU per real-time stream of the endpointing daemon meanwhile (audio sent to it): {cpu}; warnings and "
         f"errors in its log: {log_errors}.",
     ]
-    if not all(f["endpointing_supported"] for f in felt):
-        lines += [
-            "",
-            "This daemon has no `endpointing` setting yet: mode (a) ran without it, so its client uploads to the "
-            "end of its audio and sends `audio-stop`.",
-        ]
     return lines
 
 

@@ -40,7 +40,7 @@ from .floor import FloorReceiver, running_floor
 from .load import StreamResult, describe_round_trip
 from .plan import PRESETS, FeltRun, LevelRun, Plan, Run
 from .report import FELT_MODES
-from .scenario import CASES, cases_for, daemon_config, endpointing_supported, felt_speech_for, speech_for
+from .scenario import CASES, cases_for, daemon_config, felt_speech_for, speech_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -308,9 +308,6 @@ async def measure_felt(
 ) -> None:
     """What users feel, three modes side by side at each felt level: a second daemon with endpointing on, the
     load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client."""
-    supported = endpointing_supported()
-    if not supported:
-        _say("felt latency: this daemon has no endpointing setting; its mode runs without it")
     max_sessions = min(1024, max(64, 2 * max(plan.felt_levels) + 16))
     config = daemon_config(free_port(), vendors, max_sessions, endpointing=True)
     endpointing = await start_daemon(config, workdir, "daemon-endpointing")
@@ -341,7 +338,6 @@ async def measure_felt(
                 level=level,
                 iterations=iterations,
                 results=results,
-                endpointing_supported=supported,
                 endpointing_cpu_seconds=cpu,
                 endpointing_audio_seconds=_sent_seconds(results, "endpointing"),
                 wall_seconds=wall,

@@ -120,13 +120,6 @@ def home_assistant_vad_end(pcm: bytes) -> int | None:
     return None
 
 
-def endpointing_supported() -> bool:
-    """Whether this daemon has the ``endpointing`` settings (before it, the section is refused as unknown)."""
-    from asr_daemon.settings import Settings
-
-    return "endpointing" in Settings.model_fields
-
-
 def cases_for(vendors: tuple[str, ...]) -> tuple[VendorCase, ...]:
     return tuple(case for case in CASES if case.vendor in vendors)
 
@@ -144,16 +137,14 @@ def daemon_config(
 
     ``endpointing`` None keeps the daemon's default (start-up and idle figures are for the daemon as shipped).
     The load daemon has it off: its added latency is timed from ``audio-stop``, which a transcript sent at the end
-    of speech would precede. A daemon without the setting runs as it is (no endpointing)."""
+    of speech would precede."""
     config: dict[str, Any] = {
         "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
         "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
         "log": {"level": "info", "format": "human"},
-        # Latency is measured from audio-stop, so utterances end there (endpointing answers before it).
-        "endpointing": {"enabled": False},
         "vendors": vendors,
     }
-    if endpointing is not None and endpointing_supported():
+    if endpointing is not None:
         config["endpointing"] = {"enabled": endpointing}
     return config
 
