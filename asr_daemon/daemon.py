@@ -2,7 +2,7 @@
 
 Start: vendors and routes, the pre-built ``info``, the event bus and its sinks (MQTT, JSON lines, Wyoming
 forwarding), pre-warmed vendor connections, the Wyoming listener, the zeroconf announcement, the microphone,
-the health endpoint; then systemd hears READY=1 and the watchdog starts.
+the satellites, the health endpoint; then systemd hears READY=1 and the watchdog starts.
 Everything started sits on one exit stack: a failed start undoes what it had started, and stop unwinds it.
 Stop (SIGTERM/SIGINT): STOPPING=1, stop accepting, withdraw the announcement, let in-flight utterances
 (Wyoming and microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .service.metrics import Metrics
     from .sinks.mqtt import MqttSink
     from .sources.mic import MicSource
+    from .sources.satellite import SatelliteSources
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
         self.mqtt: MqttSink | None = None
         self.mic: MicSource | None = None
+        self.satellites: SatelliteSources | None = None
         self._stop_requested = asyncio.Event()
         if self.metrics is not None:
             self.metrics.watch_connections(
@@ -156,6 +158,8 @@ class Daemon:
             stack.push_async_callback(self.server.stop_accepting)
             if self.settings.mic.enabled:
                 await self._start_mic(sources)
+            if self.settings.satellites.devices:
+                await self._start_satellites(sources)
             if self.settings.health.port is not None and self.metrics is not None:
                 self.health = HealthServer(
                     self.settings.health.host, self.settings.health.port, self.check, self.metrics
@@ -282,6 +286,29 @@ class Daemon:
                 "microphone: no configured vendor serves it (mic.vendor %s, mic.language %s)", mic.vendor, mic.language
             )
         await stack.enter_async_context(self.mic)
+
+    async def _start_satellites(self, stack: contextlib.AsyncExitStack) -> None:
+        from .settings import SatelliteSettings
+        from .sources.satellite import SatelliteSources
+        from .sources.satellite_command import CommandContext, SessionCommand
+
+        context = CommandContext(
+            router=self.router,
+            limits=self.context.limits,
+            bus=self.events,
+            pools=self.pools,
+            observe=self._observe,
+            fallback=self.context.fallback,
+            budget=self.budget,
+        )
+
+        def command(device: SatelliteSettings) -> SessionCommand:
+            return SessionCommand(context, f"satellite:{device.name}", device.language, device.vendor)
+
+        self.satellites = SatelliteSources(
+            self.settings.satellites, command, self.events, drain_timeout=self.settings.limits.drain_timeout
+        )
+        await stack.enter_async_context(self.satellites)
 
     async def _announce(self, stack: contextlib.AsyncExitStack) -> None:
         from .discovery import ZeroconfAdvertiser

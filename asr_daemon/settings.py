@@ -336,6 +336,81 @@ class EventsSettings(BaseModel):
         return value
 
 
+def _check_wyoming_uri(key: str, value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme == "tcp" and parsed.hostname and parsed.port is not None:
+        return value
+    if parsed.scheme == "unix" and parsed.path:
+        return value
+    raise ValueError(f"{key}: expected tcp://HOST:PORT or unix://PATH, not {value!r}")
+
+
+class SatelliteSettings(BaseModel):
+    """One wyoming-satellite device the daemon runs the pipeline for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(description="The satellite's Wyoming address: tcp://HOST:PORT (its --uri)")
+    name: str = Field(
+        description="Its name in events (source satellite:<name>) and MQTT topics: letters, digits, - and _"
+    )
+    language: str | None = Field(default=None, description="Language of its speech (routed to a vendor)")
+    vendor: str | None = Field(default=None, description="Vendor for it; default: routed by language")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        return _check_wyoming_uri("uri", value)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value or len(value) > 64 or any(not (c.isascii() and (c.isalnum() or c in "-_")) for c in value):
+            raise ValueError("expected 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("vendor")
+    @classmethod
+    def _check_vendor(cls, value: str | None) -> str | None:
+        if value is not None and value not in registry.available():
+            raise ValueError(f"expected one of {', '.join(registry.available())}")
+        return value
+
+
+class SatellitesSettings(BaseModel):
+    """Voice satellites (wyoming-satellite) driven by the daemon itself, without Home Assistant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[SatelliteSettings] = Field(
+        default_factory=list, description="Satellites to connect to (each serves one pipeline runner at a time)"
+    )
+    wake_uri: str | None = Field(
+        default=None,
+        description="Wyoming wake-word service (e.g. openWakeWord, tcp://HOST:10400) for satellites without "
+        "one of their own; unset: such satellites are refused",
+    )
+    wake_words: list[str] = Field(
+        default_factory=list, description="Wake word names asked of the wake-word service; empty: its default"
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, le=120, description="Seconds to connect and get info")
+    retry_min_delay: float = Field(default=1.0, gt=0, le=60, description="First ceiling of the random wait")
+    retry_max_delay: float = Field(default=30.0, gt=0, le=3600, description="Largest ceiling of the random wait")
+
+    @field_validator("wake_uri")
+    @classmethod
+    def _check_wake_uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_wyoming_uri("wake_uri", value)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> SatellitesSettings:
+        names = [device.name for device in self.devices]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"satellite names must differ: {', '.join(repeated)} given more than once")
+        return self
+
+
 def _vendors_model() -> type[BaseModel]:
     fields: dict[str, Any] = {
         name: (registry.adapter_class(name).settings_model | None, None) for name in registry.available()
@@ -369,6 +444,7 @@ class Settings(BaseSettings):
     mic: MicSettings = Field(default_factory=MicSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    satellites: SatellitesSettings = Field(default_factory=SatellitesSettings)
     default_vendor: str | None = Field(
         default=None, description="Vendor for languages no vendor lists (and for requests without a language)"
     )
