@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--pace", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast, 0 = as fast as possible"
     )
+    transcribe.add_argument(
+        "--endpointing",
+        action="store_true",
+        help="end at the first end of speech (endpointing: settings), as a live stream would; "
+        "default: the whole file, pauses included",
+    )
     transcribe.add_argument("file", type=Path, help="WAV file (any rate, width, channels)")
 
     emulate = commands.add_parser("emulate", help="run a vendor emulator for offline testing")
@@ -206,9 +212,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _transcribe(args: argparse.Namespace) -> int:
-    from .session import Session, SessionError, SessionLimits
+    from .daemon import endpoint_settings
+    from .events import EventBus
+    from .routing import Router
+    from .session import SessionLimits
+    from .utterance import Utterance, UtteranceServices
     from .vendors import registry
-    from .vendors.base import AudioFormat, StreamOptions
+    from .vendors.base import AudioFormat
 
     settings = _load(args)
     vendors = settings.configured_vendors()
@@ -238,25 +248,42 @@ async def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(f"… {text}", file=sys.stderr, flush=True)
 
-    session = Session(adapter, StreamOptions(language=args.language, session_id="cli"), limits, show_partial)
+    # A file is a recording: its pauses are part of it, unless --endpointing asks to end at the first one.
+    endpointing = endpoint_settings(settings.endpointing.model_copy(update={"enabled": True}))
+    services = UtteranceServices(Router({args.vendor: adapter}), limits, EventBus(), endpointing=endpointing)
+    utterance = Utterance(
+        services,
+        "cli",
+        language=args.language,
+        vendor=args.vendor,
+        on_partial=show_partial,
+        endpointing=args.endpointing,
+        log_refusals=False,
+    )
     step = fmt.bytes_per_second // 10 // fmt.frame_bytes * fmt.frame_bytes
     started = time.monotonic()
     try:
-        for offset in range(0, len(frames), step):
-            session.feed(frames[offset : offset + step], fmt)
-            if args.pace > 0:
-                due = started + (offset + step) / fmt.bytes_per_second / args.pace
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-            else:
-                await asyncio.sleep(0)
-        result = await session.finish()
-    except SessionError as error:
+        if utterance.open(fmt):
+            for offset in range(0, len(frames), step):
+                utterance.feed(frames[offset : offset + step], fmt)
+                if not utterance.taking_audio:
+                    break
+                if args.pace > 0:
+                    due = started + (offset + step) / fmt.bytes_per_second / args.pace
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                else:
+                    await asyncio.sleep(0)
+        answer = await utterance.finish()
+    finally:
+        await utterance.aclose()
+    result = answer.transcript
+    if result is None:
+        error = answer.error
+        assert error is not None
         if interactive:
             print(file=sys.stderr)
         print(f"asr-daemon: {error.message} ({error.code})", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        await session.aclose()
     if interactive:
         print(file=sys.stderr)
     print(result.text)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from . import __version__
+from .audio.endpoint import EndpointSettings
 from .budget import AudioBudget
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
@@ -29,7 +30,7 @@ from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
 from .session import Session, SessionError, SessionLimits, Transcript
-from .settings import Settings
+from .settings import EndpointingSettings, Settings
 from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
@@ -51,7 +52,7 @@ class Daemon:
             name: registry.adapter_class(name)(vendor) for name, vendor in settings.configured_vendors().items()
         }
         self.router = Router(adapters, settings.default_vendor)
-        self.info = build_info(self.router)
+        self.info = build_info(self.router, endpointing=settings.endpointing.enabled)
         limits = settings.limits
         self.policy = settings.resilience.policy()
         self.events = EventBus(settings.events.queue_size)
@@ -91,6 +92,7 @@ class Daemon:
             fallback=adapters.get(settings.fallback_vendor) if settings.fallback_vendor else None,
             utterance_wall_seconds=limits.utterance_wall_seconds(),
             budget=self.budget,
+            endpointing=endpoint_settings(settings.endpointing),
         )
         self.server = WyomingServer(
             settings.wyoming.uri,
@@ -280,6 +282,7 @@ class Daemon:
             observe=self._observe,
             fallback=self.context.fallback,
             budget=self.budget,
+            endpointing=self.context.endpointing,
         )
         if self.mic.adapter() is None:
             _LOGGER.warning(
@@ -363,6 +366,17 @@ class Daemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def endpoint_settings(endpointing: EndpointingSettings) -> EndpointSettings | None:
+    """The end-of-speech detector's settings, None when ``endpointing.enabled`` is off."""
+    if not endpointing.enabled:
+        return None
+    return EndpointSettings(
+        silence_seconds=endpointing.silence_seconds,
+        speech_seconds=endpointing.speech_seconds,
+        no_speech_seconds=endpointing.no_speech_seconds,
+    )
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

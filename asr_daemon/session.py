@@ -11,6 +11,9 @@ vendor accepts. Finals from before and after the drop are stitched in utterance 
 corrected; finals that cannot be placed in time (vendors that give none) are recognised again from the
 replayed audio instead of being kept twice. Fatal errors (bad key, rejected configuration) end the
 utterance at once, never retried.
+
+A session runs between ``start()`` and ``aclose()`` (or as ``async with session:``): building one starts
+nothing, so a caller that never starts it has nothing to close.
 """
 
 from __future__ import annotations
@@ -174,7 +177,19 @@ class Session:
         self._stream: VendorStream | None = None
         # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
         self.all_audio: bytearray | None = bytearray() if keep_audio else None
-        self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> Session:
+        """Start streaming to the vendor (idempotent); ``aclose()`` stops it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+        return self
+
+    async def __aenter__(self) -> Session:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     @staticmethod
     def _codec_class(adapter: VendorAdapter, options: StreamOptions) -> type[StreamCodec]:
@@ -209,13 +224,32 @@ class Session:
         """``finish()`` was called: the client sent all its audio."""
         return self._finishing
 
-    def feed(self, data: bytes, fmt: AudioFormat) -> None:
+    @property
+    def audio_format(self) -> AudioFormat:
+        """The format of the audio the vendor is sent (what ``feed`` returns)."""
+        return self._target
+
+    @property
+    def is_recording(self) -> bool:
+        """The client's audio began with a RIFF/WAVE header: an uploaded recording, not a live stream."""
+        return self._normaliser.wav_format is not None
+
+    @property
+    def finals_end(self) -> float | None:
+        """Where the vendor's last placed final ends, in seconds of utterance audio (None: no final yet)."""
+        if not self._committed:
+            return None
+        end_ms = self._committed[-1].end_ms
+        return end_ms / 1000 if end_ms is not None else None
+
+    def feed(self, data: bytes, fmt: AudioFormat) -> bytes:
         """Accept client audio; raises ``SessionError`` for audio that cannot be used (the session is then failed).
 
-        Once the vendor failed, audio is still kept where a fallback will need the whole utterance.
+        Returns the audio as the vendor gets it (``audio_format``). Once the vendor failed, audio is still kept
+        where a fallback will need the whole utterance.
         """
         if self._finishing or (self._done.done() and self.all_audio is None):
-            return
+            return b""
         if fmt is not self._input_format:
             refused = input_format_error(fmt)
             if refused is not None:
@@ -238,6 +272,26 @@ class Session:
             self.fail(error)
             raise error from None
         self._accept(pcm)
+        return pcm
+
+    def answer_now(self, text: str | None = None) -> Transcript:
+        """End the utterance with the finals the vendor already gave (or ``text``), sending the vendor nothing more.
+
+        For a caller that knows the speech is over and already covered by finals; ``aclose()`` then lets the
+        vendor connection go.
+        """
+        if not self._finishing:
+            self._finishing = True
+            self._stopped_at = time.monotonic()
+        if not self._done.done():
+            self._complete(text)
+        transcript = self._done.result() if self._done.exception() is None else None
+        task = self._task
+        if task is not None and not task.done() and asyncio.current_task() is not task:
+            task.cancel()
+        if transcript is None:
+            raise self._error()
+        return transcript
 
     async def finish(self) -> Transcript:
         """No more audio: end the vendor stream and wait (bounded) for the transcript."""
@@ -271,7 +325,7 @@ class Session:
             self._done.set_exception(error)
         task = self._task
         # From inside the session's own task the stream is closed on the way out anyway.
-        if not task.done() and asyncio.current_task() is not task:
+        if task is not None and not task.done() and asyncio.current_task() is not task:
             task.cancel()
 
     async def aclose(self) -> None:
@@ -281,12 +335,13 @@ class Session:
     async def _shutdown(self) -> None:
         if not self._done.done():
             self.fail(SessionError("cancelled", "the utterance was abandoned"))
+        task = self._task
         # Cancelled again until it ends: a library that swallowed one cancellation must not keep the session alive.
-        while not self._task.done():
-            self._task.cancel()
-            await asyncio.wait((self._task,), timeout=1.0)
-        if not self._task.cancelled():
-            self._task.exception()  # retrieved, so asyncio does not warn about it
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait((task,), timeout=1.0)
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not warn about it
         if self._stream is not None:
             await self._stream.aclose()
         # The outcome's exception too, for the same reason.
@@ -528,10 +583,11 @@ class Session:
         self._pending.clear()
         self._partial = ""
 
-    def _complete(self) -> None:
-        segments = self._committed + self._pending
+    def _complete(self, text: str | None = None) -> None:
+        segments = self._committed + self._pending if text is None else []
         latency = time.monotonic() - (self._stopped_at or time.monotonic())
-        text = join_segments(self.options.language, [s.text for s in segments])
+        if text is None:
+            text = join_segments(self.options.language, [s.text for s in segments])
         if not self._done.done():
             self._done.set_result(
                 Transcript(
@@ -602,6 +658,12 @@ class FallbackSession(Session):
         if error.code not in _VENDOR_FAILURES and not self._public.done():
             self._public.set_exception(error)
 
+    def answer_now(self, text: str | None = None) -> Transcript:
+        result = super().answer_now(text)
+        if not self._public.done():
+            self._public.set_result(result)
+        return result
+
     async def finish(self) -> Transcript:
         started = time.monotonic()
         try:
@@ -634,12 +696,9 @@ class FallbackSession(Session):
     async def _run_fallback(self, deadline: float) -> Transcript:
         limits = SessionLimits(self.full_limits.max_audio_seconds, deadline, self.full_limits.policy)
         options = StreamOptions(self.options.language, self.options.phrases, f"{self.id}-fallback")
-        session = Session(self.fallback, options, limits, charge=self._fallback_charge)
-        try:
+        async with Session(self.fallback, options, limits, charge=self._fallback_charge) as session:
             session.feed(bytes(self.all_audio or b""), self._target)
             result = await session.finish()
-        finally:
-            await session.aclose()
         result.fallback = True
         return result
 
@@ -661,8 +720,8 @@ def open_session(
     fallback: VendorAdapter | None = None,
     charge: Callable[[float], None] | None = None,
 ) -> Session:
-    """A session for ``adapter``, with ``fallback`` behind it when one is configured and is another engine;
-    ``charge`` counts its audio against the audio budget."""
+    """A session for ``adapter`` (not started yet), with ``fallback`` behind it when one is configured and is
+    another engine; ``charge`` counts its audio against the audio budget."""
     if fallback is None or fallback is adapter:
         return Session(adapter, options, limits, on_partial, pool, charge=charge)
     return FallbackSession(adapter, options, limits, fallback, on_partial, pool, charge)

@@ -260,6 +260,34 @@ class MicSettings(BaseModel):
         return value
 
 
+class EndpointingSettings(BaseModel):
+    """The daemon ends each utterance when the speaker stops (docs/endpointing.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The defaults are the detector's own (asr_daemon.audio.endpoint.EndpointSettings); a test holds them equal.
+    enabled: bool = Field(
+        default=True,
+        description="End each utterance when the speaker stops, and tell Home Assistant it needs no VAD of its own "
+        "(false: utterances end at the client's audio-stop)",
+    )
+    silence_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="Silence after speech that ends an utterance (longer than pauses inside a command)",
+    )
+    speech_seconds: float = Field(
+        default=0.3, gt=0, le=5, description="Speech, in one stretch, before an utterance counts as having any"
+    )
+    no_speech_seconds: float = Field(
+        default=8.0,
+        gt=0,
+        le=600,
+        description="An utterance without speech this long after its start is answered with an empty transcript",
+    )
+
+
 class MqttSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -442,6 +470,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     vendors: VendorsSettings = Field(default_factory=VendorsSettings)
     mic: MicSettings = Field(default_factory=MicSettings)
+    endpointing: EndpointingSettings = Field(default_factory=EndpointingSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     satellites: SatellitesSettings = Field(default_factory=SatellitesSettings)

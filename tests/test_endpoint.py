@@ -95,3 +95,71 @@ def test_same_audio_same_result_whatever_the_chunk_sizes() -> None:
         endpointer.feed(pcm[offset : offset + step])
         offset += step
     assert (endpointer.ended, endpointer.speech_heard, endpointer.last_voiced_end) == state[:3]
+
+
+def converted(pcm: bytes, fmt: AudioFormat) -> bytes:
+    """16 kHz mono s16le as ``fmt``: resampled by soxr, widened, the channel repeated."""
+    import numpy as np
+    import soxr
+
+    samples = np.frombuffer(pcm, dtype="<i2")
+    if fmt.rate != RATE:
+        samples = soxr.resample(samples, RATE, fmt.rate)
+    wide = samples.astype("<i4")
+    if fmt.width == 3:
+        wide = wide << 8
+        data = np.frombuffer(wide.astype("<i4").tobytes(), dtype=np.uint8).reshape(-1, 4)[:, :3]
+        frames = data.reshape(-1, 3)
+    else:
+        frames = np.frombuffer(samples.astype("<i2").tobytes(), dtype=np.uint8).reshape(-1, 2)
+    return np.repeat(frames, fmt.channels, axis=0).tobytes()
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        AudioFormat(48000, 2, 1),
+        AudioFormat(44100, 2, 1),
+        AudioFormat(16000, 2, 2),
+        AudioFormat(16000, 3, 1),
+        AudioFormat(22050, 3, 2),
+        AudioFormat(8000, 2, 1),
+    ],
+    ids=str,
+)
+def test_other_formats_end_like_home_assistants(fmt: AudioFormat) -> None:
+    pcm, speech_end = command_with_noise()
+    settings = EndpointSettings()
+    _, reference = run(pcm, settings)
+    other = converted(pcm, fmt)
+    endpointer, ended_at = run(other, settings, chunk=fmt.bytes_for_ms(10) * 3 + fmt.frame_bytes, fmt=fmt)
+    assert endpointer.speech_heard and endpointer.ended
+    assert abs(endpointer.audio_seconds - len(pcm) / 32000) < 0.01
+    assert abs(ended_at - reference) <= 0.1
+    assert speech_end - 0.1 <= endpointer.last_voiced_end <= speech_end + 0.3
+
+
+def test_settings_and_formats_out_of_range_are_refused() -> None:
+    from asr_daemon.audio.normalise import AudioFormatError
+
+    with pytest.raises(ValueError, match="aggressiveness"):
+        EndpointSettings(aggressiveness=4)
+    with pytest.raises(ValueError, match="silence_seconds"):
+        EndpointSettings(silence_seconds=0)
+    with pytest.raises(AudioFormatError):
+        Endpointer(EndpointSettings(), AudioFormat(16000, 5, 1))
+
+
+def test_a_hesitation_shorter_than_the_silence_does_not_end_the_command() -> None:
+    settings = EndpointSettings()
+    first, second = speech("turn on the kitchen light"), speech("and the hallway light")
+    hesitation = silence(round(settings.silence_seconds * 1000) - 150)
+    spoken = silence(500) + first + hesitation + second + silence(2000)
+    pcm = mix(spoken, noise(len(spoken) // 32 + 10))
+    second_starts = (500 + (len(first) + len(hesitation)) / 32) / 1000
+    _, ended_at = run(pcm, settings)
+    assert ended_at > second_starts + len(second) / 32000
+    # The same pause made longer than the silence does end it there.
+    longer = silence(500) + first + silence(round(settings.silence_seconds * 1000) + 300) + second + silence(2000)
+    _, ended_at = run(mix(longer, noise(len(longer) // 32 + 10)), settings)
+    assert 0 < ended_at < (500 + len(first) / 32) / 1000 + settings.silence_seconds + 0.3

@@ -459,9 +459,9 @@ async def test_stream_of_silence_completes_with_no_final(commands: LocalAdapter)
 
 @needs_pocketsphinx
 async def test_session_of_silence_is_an_empty_transcript(commands: LocalAdapter) -> None:
-    session = Session(commands, ENGLISH, SessionLimits(final_timeout=10))
-    session.feed(silence(1500), PCM16K)
-    transcript = await session.finish()
+    async with Session(commands, ENGLISH, SessionLimits(final_timeout=10)) as session:
+        session.feed(silence(1500), PCM16K)
+        transcript = await session.finish()
     assert transcript.text == ""
     assert transcript.segments == []
 
@@ -547,9 +547,9 @@ async def test_a_broken_grammar_fails_the_stream_as_a_rejection(tmp_path: Path) 
 @needs_speech
 async def test_a_buffered_utterance_fed_at_once_is_transcribed(commands: LocalAdapter) -> None:
     # How a fallback uses the engine: the whole utterance is already there when the session starts.
-    session = Session(commands, ENGLISH, SessionLimits(final_timeout=10))
-    session.feed(utterance("turn on the kitchen light", "stop the music", speed=125, gap_ms=1200), PCM16K)
-    transcript = await session.finish()
+    async with Session(commands, ENGLISH, SessionLimits(final_timeout=10)) as session:
+        session.feed(utterance("turn on the kitchen light", "stop the music", speed=125, gap_ms=1200), PCM16K)
+        transcript = await session.finish()
     assert transcript.text == "turn on the kitchen light stop the music"
     assert [s.text for s in transcript.segments] == ["turn on the kitchen light", "stop the music"]
 

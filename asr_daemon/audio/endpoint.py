@@ -23,6 +23,8 @@ FRAME_SECONDS = 0.01  # the detector decides per 10 ms frame
 # The rates webrtcvad takes as they are; audio at any other rate is resampled to 16 kHz first.
 DETECTOR_RATES = (8000, 16000, 32000, 48000)
 _DEFAULT_DETECTOR_RATE = 16000
+# webrtcvad's mode 3 misses the least speech end in noise and takes the least noise for speech.
+DEFAULT_AGGRESSIVENESS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +36,9 @@ class EndpointSettings:
     # Speech, in one stretch, before the utterance counts as having any.
     speech_seconds: float = 0.3
     # Audio without speech after which the utterance is given up as empty.
-    no_speech_seconds: float = 8.0
+    no_speech_seconds: float = 5.0
     # webrtcvad's mode: 0 (keeps the most speech) to 3 (filters the most noise).
-    aggressiveness: int = 2
+    aggressiveness: int = DEFAULT_AGGRESSIVENESS
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:

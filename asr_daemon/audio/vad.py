@@ -1,10 +1,12 @@
 """Voice activity detection: cuts continuous microphone audio into utterances.
 
-pymicro-vad (the detector Home Assistant uses) gives a speech probability per 10 ms of 16 kHz mono s16le.
-``VadSegmenter`` turns those into utterances the way Home Assistant's segmenter does: ``speech_seconds`` of
-speech start one, ``silence_seconds`` of silence end it. The detector notices speech some hundred
-milliseconds late, so each utterance starts ``pre_roll_seconds`` before the speech the detector heard
-(the ``speech_seconds`` that started it are always included): the first syllable is never cut. All
+A ``SpeechDetector`` gives a speech probability per 10 ms of 16 kHz mono s16le: ``webrtc_vad()`` (the detector
+every source uses for end of speech, in the base install: docs/speech-detector.md) or ``micro_vad()``
+(pymicro-vad, Home Assistant's, with the ``mic`` extra). ``VadSegmenter`` turns those into utterances the
+way Home Assistant's segmenter does: ``speech_seconds`` of speech start one, ``silence_seconds`` of silence
+end it. The detector notices speech up to some hundred milliseconds late, so each utterance starts
+``pre_roll_seconds`` before the speech the detector heard (the ``speech_seconds`` that started it are always
+included): the first syllable is never cut. All
 decisions are made in audio time, never wall time, so the same audio always gives the same utterances,
 whatever the pace it arrives at.
 
@@ -22,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from .endpoint import DEFAULT_AGGRESSIVENESS
+
 FRAME_BYTES = 320  # 10 ms of 16 kHz s16le mono
 FRAME_SECONDS = 0.01
 
@@ -30,6 +34,25 @@ class SpeechDetector(Protocol):
     def process_10ms(self, audio: bytes) -> float:
         """Speech probability of 10 ms of 16 kHz s16le mono (negative while the detector warms up)."""
         ...
+
+
+class _WebrtcDetector:
+    """webrtcvad's yes/no per frame as a probability of 1.0 or 0.0."""
+
+    __slots__ = ("_is_speech",)
+
+    def __init__(self, aggressiveness: int) -> None:
+        import webrtcvad
+
+        self._is_speech = webrtcvad.Vad(aggressiveness).is_speech
+
+    def process_10ms(self, audio: bytes) -> float:
+        return 1.0 if self._is_speech(audio, 16000) else 0.0
+
+
+def webrtc_vad(aggressiveness: int = DEFAULT_AGGRESSIVENESS) -> SpeechDetector:
+    """WebRTC's detector (base install), at the aggressiveness end of speech uses (0-3)."""
+    return _WebrtcDetector(aggressiveness)
 
 
 def micro_vad() -> SpeechDetector:

@@ -22,11 +22,9 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audio.format import PCM16K, AudioFormat
 from ..audio.normalise import AudioNormaliser
@@ -45,9 +43,13 @@ from ..install_hints import MIC_INSTALL_HINT
 from ..resilience.backoff import Backoff
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..session import Session, SessionError, SessionLimits, Transcript, open_session
+from ..session import SessionLimits
 from ..settings import MicSettings
-from ..vendors.base import StreamOptions, VendorAdapter
+from ..utterance import Observer, Utterance, UtteranceServices
+from ..vendors.base import VendorAdapter
+
+if TYPE_CHECKING:
+    from ..audio.endpoint import EndpointSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -305,15 +307,6 @@ def _describe(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Utterance:
-    session: Session
-    started: float
-    offset: float
-    partial: str = ""
-    events: list[AsrEvent] = field(default_factory=list)
-
-
 class MicSource:
     """Listens on the configured microphone for as long as it is entered (``async with``)."""
 
@@ -327,9 +320,10 @@ class MicSource:
         drain_timeout: float = 15.0,
         detector_factory: Any = micro_vad,
         pool: StreamPool | None = None,
-        observe: Callable[[Session, Transcript | None, SessionError | None], None] | None = None,
+        observe: Observer | None = None,
         fallback: VendorAdapter | None = None,
         budget: AudioBudget | None = None,
+        endpointing: EndpointSettings | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -339,16 +333,18 @@ class MicSource:
         self.source = f"mic:{settings.device or 'default'}"
         self._detector_factory = detector_factory
         self._task: asyncio.Task[None] | None = None
-        self._current: _Utterance | None = None
+        self._current: Utterance | None = None
         self._finishing: set[asyncio.Task[None]] = set()
         self.state = "starting"
         # With ``vendors.<name>.prewarm``, a connection waits ready for the next utterance (kept alive between):
         # the daemon's pool for that vendor when given, else one of our own.
         self.pool: StreamPool | None = pool
         self._own_pool = False
-        self._observe = observe
         self.fallback = fallback
         self.budget = budget
+        self._services = UtteranceServices(
+            router, limits, bus, observe=observe, fallback=fallback, budget=budget, endpointing=endpointing
+        )
         # When a spent budget was last logged (monotonic): once per BUDGET_LOG_INTERVAL while it stays spent.
         self._budget_logged: float | None = None
         self.format: CaptureFormat | None = None
@@ -431,7 +427,6 @@ class MicSource:
 
     async def _listen(self, capture: Capture, fmt: CaptureFormat) -> None:
         normaliser = AudioNormaliser(PCM16K)
-        adapter = self.adapter()
         max_seconds = self.limits.max_audio_seconds
         segmenter = VadSegmenter(
             VadSettings(
@@ -454,11 +449,11 @@ class MicSource:
                 continue
             for segment in segmenter.process(pcm):
                 if isinstance(segment, UtteranceStarted):
-                    self._begin_utterance(adapter, segment)
+                    self._begin_utterance(segment)
                 elif isinstance(segment, UtteranceAudio):
                     self._feed(segment.audio)
                 elif isinstance(segment, UtteranceEnded):
-                    self._end_utterance(segment.reason, speech=segment.speech)
+                    self._end_utterance(segment.reason)
 
     def _detector(self) -> SpeechDetector:
         detector: SpeechDetector = self._detector_factory()
@@ -477,151 +472,54 @@ class MicSource:
 
     # -- utterances --------------------------------------------------------------------------------------
 
-    def _begin_utterance(self, adapter: VendorAdapter | None, segment: UtteranceStarted) -> None:
+    def _begin_utterance(self, segment: UtteranceStarted) -> None:
         self._end_utterance("restart")
-        session_id = uuid.uuid4().hex[:8]
-        language = self.settings.language
-        started = time.time() - len(segment.audio) / PCM16K.bytes_per_second
-        if adapter is None:
-            wanted = self.settings.vendor or f"language {language!r}"
-            message = f"no configured vendor for the microphone ({wanted})"
-            self._refused(session_id, language, started, "unsupported-language", message)
+        utterance = Utterance(
+            self._services,
+            self.source,
+            language=self.settings.language,
+            vendor=self.settings.vendor,
+            started=time.time() - len(segment.audio) / PCM16K.bytes_per_second,
+            pool=self.pool,
+            # The segmenter ends the utterance; the detector tells whether the finals already cover it then.
+            ends_itself=False,
+            # Noise the segmenter took for speech is not worth an event.
+            publish_empty=False,
+            log_refusals=False,
+        )
+        if not utterance.open():
+            error = utterance.answer.result().error
+            if error is not None and error.code == BudgetExhausted.code:
+                self._budget_spent(error.message)
             return
-        charge = None
-        if self.budget is not None:
-            try:
-                charge = self.budget.admit(adapter.name)
-            except BudgetExhausted as spent:
-                self._budget_spent(spent, session_id, language, started)
-                return
-            self._budget_logged = None
-        options = StreamOptions(
-            language=language or (adapter.languages[0] if adapter.languages else ""), session_id=session_id
-        )
-        utterance: _Utterance | None = None
-
-        def on_partial(text: str) -> None:
-            if utterance is None or text == utterance.partial:
-                return
-            utterance.partial = text
-            self.bus.publish(self._event(utterance, EventKind.PARTIAL, text=text))
-
-        session = open_session(
-            adapter, options, self.limits, on_partial=on_partial, pool=self.pool, fallback=self.fallback, charge=charge
-        )
-        utterance = _Utterance(session, started, segment.offset)
+        self._budget_logged = None
         self._current = utterance
         self.utterances += 1
-        _LOGGER.info("session %s: %s → %s (%s)", session_id, self.source, adapter.name, options.language or "-")
-        self.bus.publish(self._event(utterance, EventKind.UTTERANCE_START, started=started))
-        self._feed(segment.audio)
+        utterance.feed(segment.audio, PCM16K)
 
-    def _budget_spent(self, spent: BudgetExhausted, session_id: str, language: str | None, started: float) -> None:
+    def _budget_spent(self, message: str) -> None:
         now = time.monotonic()
         if self._budget_logged is None or now - self._budget_logged >= BUDGET_LOG_INTERVAL:
             self._budget_logged = now
-            _LOGGER.warning("%s: speech not transcribed: %s", self.source, spent.message)
-        self._refused(session_id, language, started, spent.code, spent.message)
-
-    def _refused(self, session_id: str, language: str | None, started: float, code: str, message: str) -> None:
-        """An utterance that got no session: its error event."""
-        self.bus.publish(
-            AsrEvent(
-                EventKind.ERROR,
-                self.source,
-                session=session_id,
-                language=language,
-                code=code,
-                message=message,
-                started=started,
-            )
-        )
+            _LOGGER.warning("%s: speech not transcribed: %s", self.source, message)
 
     def _feed(self, pcm: bytes) -> None:
         utterance = self._current
-        if utterance is None or not pcm:
-            return
-        with contextlib.suppress(SessionError):  # the session is failed; finish() reports why
-            utterance.session.feed(pcm, PCM16K)
+        if utterance is not None and pcm:
+            utterance.feed(pcm, PCM16K)
 
-    def _end_utterance(self, reason: str, *, speech: bool = True) -> None:
+    def _end_utterance(self, reason: str) -> None:
         utterance, self._current = self._current, None
         if utterance is None:
             return
-        session = utterance.session
-        ended = time.time()
-        self.bus.publish(
-            self._event(
-                utterance,
-                EventKind.UTTERANCE_END,
-                started=utterance.started,
-                ended=ended,
-                audio_seconds=session.audio_seconds,
-            )
-        )
-        task = asyncio.create_task(self._finish(utterance, ended, reason, speech), name=f"mic final {session.id}")
+        task = asyncio.create_task(self._finish(utterance, reason), name=f"mic final {utterance.id}")
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish(self, utterance: _Utterance, ended: float, reason: str, speech: bool) -> None:
-        session = utterance.session
+    async def _finish(self, utterance: Utterance, reason: str) -> None:
         try:
-            result = await session.finish()
-        except SessionError as error:
-            if self._observe is not None:
-                self._observe(session, None, error)
-            level = logging.ERROR if error.fatal else logging.WARNING
-            _LOGGER.log(level, "session %s: %s failed: %s (%s)", session.id, self.source, error.message, error.code)
-            self.bus.publish(
-                self._event(
-                    utterance,
-                    EventKind.ERROR,
-                    code=error.code,
-                    message=error.message,
-                    started=utterance.started,
-                    ended=ended,
-                    audio_seconds=session.audio_seconds,
-                )
-            )
-            return
+            answer = await utterance.finish()
         finally:
-            await session.aclose()
-        if self._observe is not None:
-            self._observe(session, result, None)
-        _LOGGER.info(
-            "session %s: %s %s, %.1f s of audio (%s) → %d chars, final %.0f ms after the end of speech",
-            session.id,
-            session.adapter.name,
-            session.options.language or "-",
-            result.audio_seconds,
-            reason,
-            len(result.text),
-            result.final_latency * 1000,
-        )
-        if not result.text:
-            # Noise the detector took for speech, or (always_stream) a stretch without any: nothing to report.
-            _LOGGER.debug("session %s: no speech recognised%s", session.id, "" if speech else " (no speech heard)")
-            return
-        self.bus.publish(
-            self._event(
-                utterance,
-                EventKind.TRANSCRIPT,
-                text=result.text,
-                started=utterance.started,
-                ended=ended,
-                audio_seconds=result.audio_seconds,
-                latency=result.final_latency,
-                engine=result.engine if result.fallback else None,
-            )
-        )
-
-    def _event(self, utterance: _Utterance, kind: EventKind, **fields: Any) -> AsrEvent:
-        session = utterance.session
-        return AsrEvent(
-            kind,
-            self.source,
-            session=session.id,
-            vendor=session.adapter.name,
-            language=session.options.language or None,
-            **fields,
-        )
+            await utterance.aclose()
+        if answer.transcript is not None and not answer.transcript.text:
+            _LOGGER.debug("session %s: no speech recognised (%s)", utterance.id, reason)

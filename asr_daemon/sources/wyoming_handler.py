@@ -18,10 +18,9 @@ import asyncio
 import contextlib
 import io
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
@@ -30,19 +29,21 @@ from wyoming.error import Error
 from wyoming.event import Event, write_event
 from wyoming.server import AsyncEventHandler
 
-from ..budget import AudioBudget, BudgetExhausted
-from ..events import AsrEvent, EventBus, EventKind
+from ..budget import AudioBudget
+from ..events import EventBus
 from ..quiet_timer import QuietTimer
 from ..redact import redact
 from ..resilience.prewarm import StreamPool
 from ..routing import Router
-from ..session import Session, SessionError, SessionLimits, input_format_error, open_session
+from ..session import Session, SessionError, SessionLimits, input_format_error
 from ..session import Transcript as SessionTranscript
-from ..vendors.base import AudioFormat, StreamOptions, VendorAdapter
+from ..utterance import Answer, Utterance, UtteranceServices
+from ..vendors.base import AudioFormat, VendorAdapter
 from .transcribe_request import BadTranscribe, parse_transcribe
 from .wyoming_reader import EventStreamReader
 
 if TYPE_CHECKING:
+    from ..audio.endpoint import EndpointSettings
     from ..service.metrics import Metrics
 
 _LOGGER = logging.getLogger(__name__)
@@ -84,14 +85,35 @@ class HandlerContext:
     utterance_wall_seconds: float = 120.0
     # Seconds of audio for paid vendors (``budget``); None: no budget.
     budget: AudioBudget | None = None
+    # End-of-speech detection (``endpointing:``); None: utterances end at audio-stop.
+    endpointing: EndpointSettings | None = None
+
+    @cached_property
+    def services(self) -> UtteranceServices:
+        """What this listener's utterances share (built once, from the fields above)."""
+        return UtteranceServices(
+            router=self.router,
+            limits=self.limits,
+            bus=self.events,
+            pools=self.pools,
+            observe=self.observe,
+            fallback=self.fallback,
+            budget=self.budget,
+            endpointing=self.endpointing,
+            sessions=self.sessions,
+        )
 
 
 class WyomingAsrHandler(AsyncEventHandler):
-    """Handles one client connection (built with ``functools.partial(WyomingAsrHandler, context)``)."""
+    """Handles one client connection (built with ``functools.partial(WyomingAsrHandler, context)``).
+
+    Connection work only: reading events, writing answers, ``describe``, the utterance's limits on the
+    connection. The utterance itself (routing, session, events, metrics, endpointing) is an ``Utterance``.
+    """
 
     def __init__(self, context: HandlerContext, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)
-        self.events = reader
+        self.event_reader = reader
         self.context = context
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "local"
@@ -99,86 +121,81 @@ class WyomingAsrHandler(AsyncEventHandler):
         self.client_address: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self._write_lock = asyncio.Lock()
         self._request = Transcribe()
-        self._session: Session | None = None
-        # The current utterance already got its answer (an early error): swallow audio until audio-stop.
-        self._answered = False
-        self._in_utterance = False
-        self._emitted = ""
-        self._started_stream = False
-        self._partial_text = ""
+        self._utterance: Utterance | None = None
+        # Writing the current utterance's answer (transcript or error) to the client.
+        self._answering: asyncio.Task[None] | None = None
+        # Streaming transcripts: the latest hypothesis, the text transcript-chunks already carried, and whether
+        # transcript-start went out.
+        self._latest_partial = ""
+        self._chunked_text = ""
+        self._stream_started = False
         self._partial_wakeup = asyncio.Event()
         self._partial_pump: asyncio.Task[None] | None = None
         self._closing = False
-        self._early_failure: asyncio.Task[None] | None = None
         self.source = f"wyoming:{self.peer}"
-        # The current utterance's start (wall clock) once utterance-start went out, until utterance-end did.
-        self._utterance_started: float | None = None
-        self._utterance_ended: float | None = None
-        self._published_partial = ""
         # The last audio-chunk format, reused while chunks repeat it (they all do).
         self._chunk_format: AudioFormat | None = None
-        # The session refused a chunk taken on the spot: the handler's task answers it.
-        self._refused_chunk: SessionError | None = None
         # The utterance's limits: time without client audio, and time since its start.
         self._audio_quiet: QuietTimer | None = None
         self._wall_limit: asyncio.TimerHandle | None = None
         self._cut: asyncio.Task[None] | None = None
 
     @property
-    def who(self) -> str:
+    def log_prefix(self) -> str:
         """How log lines name this connection: its session id while an utterance runs, and the peer."""
-        return f"session {self._session.id}: {self.peer}" if self._session is not None else self.peer
+        utterance = self._utterance
+        return f"session {utterance.id}: {self.peer}" if utterance is not None else self.peer
 
     @property
     def in_utterance(self) -> bool:
-        return self._in_utterance
+        return self._utterance is not None
 
     # -- reading -----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        events = self.events
-        events.idle_timeout = self.context.idle_timeout
-        events.take_now = self._take_chunk
+        reader = self.event_reader
+        reader.idle_timeout = self.context.idle_timeout
+        reader.take_now = self._take_chunk
         try:
             while not self._closing:
                 try:
-                    event = await events.read_event()
+                    event = await reader.read_event()
                 except TimeoutError:
-                    _LOGGER.info("%s: no event for %g s; closing", self.who, self.context.idle_timeout)
+                    _LOGGER.info("%s: no event for %g s; closing", self.log_prefix, self.context.idle_timeout)
                     await self._answer_error("idle", f"no event for {self.context.idle_timeout:g} s")
                     break
                 except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
-                    _LOGGER.warning("%s: malformed event (%s); closing", self.who, type(exc).__name__)
+                    _LOGGER.warning("%s: malformed event (%s); closing", self.log_prefix, type(exc).__name__)
                     await self._answer_error("bad-event", "malformed event: expected a JSON object with a 'type'")
                     break
                 if event is None:
-                    if events.violation:
-                        _LOGGER.warning("%s: %s; closing", self.who, events.violation)
-                        await self._answer_error("too-large", events.violation)
-                    elif events.malformed and not self._closing:
-                        _LOGGER.warning("%s: malformed event (not JSON); closing", self.who)
+                    if reader.violation:
+                        _LOGGER.warning("%s: %s; closing", self.log_prefix, reader.violation)
+                        await self._answer_error("too-large", reader.violation)
+                    elif reader.malformed and not self._closing:
+                        _LOGGER.warning("%s: malformed event (not JSON); closing", self.log_prefix)
                         await self._answer_error("bad-event", "malformed event: the header or data is not JSON")
-                    elif self._in_utterance and not self._closing:
-                        _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.who)
+                    elif self._utterance is not None and not self._closing:
+                        _LOGGER.info("%s: disconnected mid-utterance (no audio-stop)", self.log_prefix)
                     break
                 try:
                     keep_going = await self.handle_event(event)
                 except Exception as exc:
                     # A bug of ours: the client gets an answer saying so (not silence), the log the traceback.
-                    _LOGGER.exception("%s: failed to handle a %s event; closing", self.who, event.type)
+                    _LOGGER.exception("%s: failed to handle a %s event; closing", self.log_prefix, event.type)
                     await self._answer_error("internal", f"internal error handling {event.type}: {exc}")
                     break
                 if not keep_going:
                     break
         finally:
-            events.close()
+            reader.close()
             await self.disconnect()
             self.writer.close()
 
     async def stop(self) -> None:
         """Stop reading (the daemon is shutting down); an event being handled is finished first."""
         self._closing = True
-        self.events.close()
+        self.event_reader.close()
 
     async def handle_event(self, event: Event) -> bool:
         event_type = event.type
@@ -196,13 +213,13 @@ class WyomingAsrHandler(AsyncEventHandler):
         return True
 
     async def disconnect(self) -> None:
-        await self._end_session()
+        await self._end_utterance()
 
     # -- events ------------------------------------------------------------------------------------------
 
     async def _on_transcribe(self, event: Event) -> bool:
-        if self._in_utterance:
-            _LOGGER.warning("%s: transcribe during an utterance ignored", self.who)
+        if self._utterance is not None:
+            _LOGGER.warning("%s: transcribe during an utterance ignored", self.log_prefix)
             return True
         try:
             request = parse_transcribe(event)
@@ -210,7 +227,9 @@ class WyomingAsrHandler(AsyncEventHandler):
             await self._answer_error("bad-event", str(exc))
             return True
         if request.language is not None and len(request.language) > MAX_LANGUAGE_CHARS:
-            _LOGGER.warning("%s: transcribe with a %d-character language refused", self.who, len(request.language))
+            _LOGGER.warning(
+                "%s: transcribe with a %d-character language refused", self.log_prefix, len(request.language)
+            )
             await self._answer_error("bad-event", f"transcribe: 'language' longer than {MAX_LANGUAGE_CHARS} characters")
             return True
         self._request = request
@@ -221,22 +240,18 @@ class WyomingAsrHandler(AsyncEventHandler):
             start = AudioStart.from_event(event)
             fmt = _format_of(start.rate, start.width, start.channels)
         except (KeyError, TypeError, ValueError, AttributeError):
-            await self._answer_error("bad-event", "audio-start needs integer rate, width and channels")
-            self._in_utterance, self._answered = True, True
-            self._start_limits()
+            await self._end_utterance()
+            self._new_utterance().fail(SessionError("bad-event", "audio-start needs integer rate, width and channels"))
             return True
-        if self._in_utterance:
-            _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.who)
-            await self._end_session()
+        if self._utterance is not None:
+            _LOGGER.warning("%s: audio-start during an utterance; the previous one is abandoned", self.log_prefix)
+            await self._end_utterance()
         refused = input_format_error(fmt)
         if refused is not None:
             # Refused before a byte of it is read: no vendor stream is opened for it.
-            self._answered = False
-            await self._fail_utterance(refused)
-            self._in_utterance = True
-            self._start_limits()
+            self._new_utterance().fail(refused)
             return True
-        await self._begin_utterance(fmt)
+        self._begin_utterance(fmt)
         return True
 
     def _format_of_chunk(self, data: dict[str, Any]) -> AudioFormat:
@@ -256,21 +271,22 @@ class WyomingAsrHandler(AsyncEventHandler):
         return fmt
 
     def _take_chunk(self, event: Event) -> bool:
-        """Feed a streaming utterance's audio chunk to its session as it arrives, without a task switch.
+        """Feed a streaming utterance's audio chunk as it arrives, without a task switch.
 
         Called by the reader while this handler waits for its next event; anything else (another event type,
-        no session, a bad format, audio the session refuses) is left to ``handle_event`` in order.
+        no utterance, a bad format) is left to ``handle_event`` in order. Audio of an utterance that no longer
+        takes any (answered, or past its end of speech) is discarded here.
         """
         if event.type != AUDIO_CHUNK:
             return False
         quiet = self._audio_quiet
         if quiet is not None:
             quiet.mark()  # only audio keeps an utterance alive
-        if self._answered or self._refused_chunk is not None:
+        utterance = self._utterance
+        if utterance is None:
             return False
-        session = self._session
-        if session is None:
-            return False
+        if not utterance.taking_audio:
+            return True
         try:
             fmt = self._format_of_chunk(event.data)
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -279,195 +295,95 @@ class WyomingAsrHandler(AsyncEventHandler):
         if audio:
             if self.context.metrics is not None:
                 self.context.metrics.audio_in_bytes.inc(len(audio))
-            try:
-                session.feed(audio, fmt)
-            except SessionError as error:
-                self._refused_chunk = error
-                return False
+            utterance.feed(audio, fmt)
         return True
 
     async def _on_chunk(self, event: Event) -> bool:
-        refused, self._refused_chunk = self._refused_chunk, None
-        if refused is not None:
-            # Taken on the spot and refused by the session: only the answer is left to give.
-            await self._fail_utterance(refused)
+        utterance = self._utterance
+        if utterance is not None and not utterance.taking_audio:
             return True
         try:
             fmt = self._format_of_chunk(event.data)
         except (KeyError, TypeError, ValueError, AttributeError):
-            if not self._answered:
-                await self._fail_utterance(
-                    SessionError("bad-event", "audio-chunk needs integer rate, width and channels")
-                )
+            error = SessionError("bad-event", "audio-chunk needs integer rate, width and channels")
+            (utterance or self._new_utterance()).fail(error)
             return True
-        if not self._in_utterance:
+        if utterance is None:
             # Chunks without audio-start: the chunk's own format starts the utterance.
-            await self._begin_utterance(fmt)
-        if not self._take_chunk(event):
-            refused, self._refused_chunk = self._refused_chunk, None
-            if refused is not None:
-                await self._fail_utterance(refused)
+            self._begin_utterance(fmt)
+        self._take_chunk(event)
         return True
 
     async def _on_audio_stop(self) -> bool:
-        if not self._in_utterance:
+        utterance = self._utterance
+        if utterance is None:
             await self._answer_error("bad-event", "audio-stop without audio")
             return False
-        session = self._session
         self._stop_limits()  # from here final_timeout bounds the wait
-        self._publish_utterance_end()
-        if session is None or self._answered:
-            # An early failure may still be on its way to the client: it goes out before we close.
-            early, self._early_failure = self._early_failure, None
-            if early is not None:
-                await early
-            await self._end_session()
-            return False
-        try:
-            result = await session.finish()
-        except SessionError as error:
-            await self._fail_utterance(error)
-            await self._end_session()
-            return False
-        if self.context.observe is not None:
-            self.context.observe(session, result, None)
-        await self._stop_partials()
-        text = result.text
-        if text.startswith(self._emitted) and len(text) > len(self._emitted):
-            await self._start_stream()
-            await self._write(TranscriptChunk(text[len(self._emitted) :]).event())
-        language = self._request.language
-        # The transcript says which engine made it when the fallback took over.
-        context = {"engine": result.engine, "fallback": True} if result.fallback else None
-        await self._write(Transcript(text=text, language=language, context=context).event())
-        if self._started_stream:
-            await self._write(TranscriptStop().event())
-        _LOGGER.info(
-            "session %s: %s %s, %.1f s of audio → %d chars, final %.0f ms after audio-stop%s",
-            session.id,
-            session.adapter.name,
-            repr(language) if language else "-",
-            result.audio_seconds,
-            len(text),
-            result.final_latency * 1000,
-            "" if text else " (no speech recognised)",
-        )
-        _LOGGER.debug("session %s: transcript %r", session.id, text)
-        self._publish(
-            EventKind.TRANSCRIPT,
-            text=text,
-            started=self._utterance_started,
-            ended=self._utterance_ended,
-            audio_seconds=result.audio_seconds,
-            latency=result.final_latency,
-            engine=result.engine if result.fallback else None,
-        )
-        await self._end_session()
+        await utterance.finish()
+        # The answer is on its way (or already out): it goes out before we close.
+        answering = self._answering
+        if answering is not None:
+            await answering
+        await self._end_utterance()
         return False
 
     # -- utterance lifecycle -------------------------------------------------------------------------
 
-    async def _begin_utterance(self, fmt: AudioFormat) -> None:
-        self._in_utterance = True
-        self._answered = False
-        self._emitted = ""
-        self._started_stream = False
-        self._published_partial = ""
-        self._utterance_started = self._utterance_ended = None
-        self._start_limits()
-        language = self._request.language
-        adapter = self.context.router.route(language)
-        session_id = uuid.uuid4().hex[:8]
-        if adapter is None:
-            served = ", ".join(self.context.router.languages()) or "none: no vendor is configured"
-            await self._fail_utterance(
-                SessionError("unsupported-language", f"no vendor serves language {language!r} (served: {served})")
-            )
-            return
-        charge = None
-        if self.context.budget is not None:
-            try:
-                charge = self.context.budget.admit(adapter.name, self.client_address)
-            except BudgetExhausted as spent:
-                await self._fail_utterance(SessionError(spent.code, spent.message))
-                return
-        phrases = tuple((self._request.transcript_names or []) + (self._request.transcript_terms or []))
-        options = StreamOptions(
-            language=language or (adapter.languages[0] if adapter.languages else ""),
+    def _new_utterance(self) -> Utterance:
+        self._latest_partial = self._chunked_text = ""
+        self._stream_started = False
+        request = self._request
+        phrases = (request.transcript_names or []) + (request.transcript_terms or [])
+        utterance = Utterance(
+            self.context.services,
+            self.source,
+            language=request.language,
             phrases=tuple(p for p in phrases if isinstance(p, str)),
-            session_id=session_id,
-        )
-        session = open_session(
-            adapter,
-            options,
-            self.context.limits,
+            client_address=self.client_address,
             on_partial=self._on_partial,
-            pool=self.context.pools.get(adapter.name),
-            fallback=self.context.fallback,
-            charge=charge,
+            on_answer=self._on_answer,
         )
-        self._session = session
-        self.context.sessions.add(session)
-        session.outcome.add_done_callback(self._on_outcome)
-        self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {session_id}")
-        self._utterance_started = time.time()
-        self._publish(EventKind.UTTERANCE_START, started=self._utterance_started)
-        _LOGGER.info(
-            "session %s: %s → %s (%s), audio %d Hz/%d-bit/%d ch",
-            session_id,
-            self.peer,
-            adapter.name,
-            repr(language) if language else "default",
-            fmt.rate,
-            fmt.width * 8,
-            fmt.channels,
-        )
+        self._utterance = utterance
+        self._start_limits()
+        return utterance
 
-    def _on_outcome(self, outcome: asyncio.Future[SessionTranscript]) -> None:
-        # A failure before audio-stop is reported at once (newer Home Assistant reads while it uploads).
-        if outcome.cancelled() or self._answered or self._closing:
-            return
-        error = outcome.exception()
-        session = self._session
-        if isinstance(error, SessionError) and session is not None and not session.finishing:
-            self._early_failure = asyncio.create_task(self._fail_utterance(error))
+    def _begin_utterance(self, fmt: AudioFormat) -> None:
+        utterance = self._new_utterance()
+        if utterance.open(fmt):
+            self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {utterance.id}")
 
-    async def _fail_utterance(self, error: SessionError) -> None:
-        if self._answered:
-            # Answered already, perhaps by the early-failure task still writing: let it finish first.
-            early = self._early_failure
-            if early is not None and early is not asyncio.current_task() and not early.done():
-                await early
-            return
-        self._answered = True
-        session = self._session
-        sid = session.id if session else "-"
-        level = logging.ERROR if error.fatal else logging.WARNING
-        _LOGGER.log(level, "session %s: %s failed: %s (%s)", sid, self.peer, error.message, error.code)
-        if session is not None and self.context.observe is not None:
-            self.context.observe(session, None, error)
-        self._publish(
-            EventKind.ERROR,
-            code=error.code,
-            message=redact(error.message),
-            started=self._utterance_started,
-            ended=self._utterance_ended,
-        )
+    def _on_answer(self, answer: Answer) -> None:
+        if self._utterance is None:
+            return  # an abandoned utterance: the client started another or left
+        self._answering = asyncio.create_task(self._send_answer(answer), name=f"answer {self.peer}")
+
+    async def _send_answer(self, answer: Answer) -> None:
         await self._stop_partials()
-        await self._answer_error(error.code, error.message)
-        if session is not None:
-            session.fail(error)
+        if answer.error is not None:
+            await self._answer_error(answer.error.code, answer.error.message)
+            return
+        result = answer.transcript
+        assert result is not None
+        text = result.text
+        if text.startswith(self._chunked_text) and len(text) > len(self._chunked_text):
+            await self._start_stream()
+            await self._write(TranscriptChunk(text[len(self._chunked_text) :]).event())
+        # The transcript says which engine made it when the fallback took over.
+        context = {"engine": result.engine, "fallback": True} if result.fallback else None
+        await self._write(Transcript(text=text, language=self._request.language, context=context).event())
+        if self._stream_started:
+            await self._write(TranscriptStop().event())
 
-    async def _end_session(self) -> None:
+    async def _end_utterance(self) -> None:
         self._stop_limits()
         await self._stop_partials()
-        self._publish_utterance_end()
-        self._utterance_started = None
-        session, self._session = self._session, None
-        self._in_utterance = False
-        if session is not None:
-            self.context.sessions.discard(session)
-            await session.aclose()
+        utterance, self._utterance = self._utterance, None
+        answering, self._answering = self._answering, None
+        if utterance is not None:
+            await utterance.aclose()
+        if answering is not None and not answering.done():
+            await answering
 
     # -- the utterance's own limits ------------------------------------------------------------------
 
@@ -506,25 +422,25 @@ class WyomingAsrHandler(AsyncEventHandler):
             self._cut = asyncio.create_task(self._cut_connection(error), name=f"cut {self.peer}")
 
     async def _cut_connection(self, error: SessionError) -> None:
-        """End the utterance past its limits: the vendor stream goes at once, the client gets the error, the
-        connection is closed (the client would otherwise hold it as long as it likes)."""
+        """End the utterance past its limits: the vendor stream goes at once, the client gets the error (unless
+        it was answered already), the connection is closed (the client would otherwise hold it as long as it
+        likes)."""
         self._stop_limits()
-        _LOGGER.info("%s: %s; closing", self.who, error.message)
-        session = self._session
-        if session is not None:
-            session.fail(error)
-        await self._fail_utterance(error)
+        _LOGGER.info("%s: %s; closing", self.log_prefix, error.message)
+        utterance = self._utterance
+        if utterance is not None:
+            utterance.fail(error)
+            answering = self._answering
+            if answering is not None:
+                await asyncio.shield(answering)
         self._closing = True
-        self.events.close()
+        self.event_reader.close()
 
     # -- partial transcripts --------------------------------------------------------------------------
 
     def _on_partial(self, text: str) -> None:
-        self._partial_text = text
+        self._latest_partial = text
         self._partial_wakeup.set()
-        if text != self._published_partial and not self._answered:
-            self._published_partial = text
-            self._publish(EventKind.PARTIAL, text=text)
 
     async def _pump_partials(self) -> None:
         """Send partial progress as transcript-chunk deltas.
@@ -536,12 +452,12 @@ class WyomingAsrHandler(AsyncEventHandler):
             self._partial_wakeup.clear()
             if self._partial_pump is None:
                 return  # told to stop
-            text = self._partial_text
+            text = self._latest_partial
             # Chunks only ever append: a revised hypothesis waits until it extends what was sent again.
-            if text.startswith(self._emitted) and len(text) > len(self._emitted):
-                delta = text[len(self._emitted) :]
+            if text.startswith(self._chunked_text) and len(text) > len(self._chunked_text):
+                delta = text[len(self._chunked_text) :]
                 await self._start_stream()
-                self._emitted = text
+                self._chunked_text = text
                 await self._write(TranscriptChunk(delta).event())
 
     async def _stop_partials(self) -> None:
@@ -559,39 +475,9 @@ class WyomingAsrHandler(AsyncEventHandler):
                 await pump
 
     async def _start_stream(self) -> None:
-        if not self._started_stream:
-            self._started_stream = True
+        if not self._stream_started:
+            self._stream_started = True
             await self._write(TranscriptStart(language=self._request.language).event())
-
-    # -- events out ----------------------------------------------------------------------------------
-
-    def _publish(self, kind: EventKind, **fields: Any) -> None:
-        if not self.context.events.listened:
-            return  # no sink: an event (its id costs a random read) for nobody
-        session = self._session
-        self.context.events.publish(
-            AsrEvent(
-                kind,
-                self.source,
-                session=session.id if session is not None else None,
-                vendor=session.adapter.name if session is not None else None,
-                language=(session.options.language if session is not None else None) or self._request.language,
-                **fields,
-            )
-        )
-
-    def _publish_utterance_end(self) -> None:
-        """utterance-end, once per utterance that had an utterance-start."""
-        if self._utterance_started is None or self._utterance_ended is not None:
-            return
-        self._utterance_ended = time.time()
-        session = self._session
-        self._publish(
-            EventKind.UTTERANCE_END,
-            started=self._utterance_started,
-            ended=self._utterance_ended,
-            audio_seconds=session.audio_seconds if session is not None else None,
-        )
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -606,10 +492,10 @@ class WyomingAsrHandler(AsyncEventHandler):
                 self.writer.write(_framed(event))
                 await self.writer.drain()
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
-            _LOGGER.info("%s: cannot write to the client (%s); closing", self.who, type(exc).__name__)
+            _LOGGER.info("%s: cannot write to the client (%s); closing", self.log_prefix, type(exc).__name__)
             self._closing = True
             self.writer.close()
-            self.events.close()
+            self.event_reader.close()
 
 
 def _framed(event: Event) -> bytes:

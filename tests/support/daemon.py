@@ -19,6 +19,8 @@ def settings_for(config: dict[str, Any]) -> Any:
     limits = config.setdefault("limits", {})
     limits.setdefault("final_timeout", 5.0)
     limits.setdefault("drain_timeout", 2.0)
+    # Utterances end at audio-stop unless a test asks for endpointing (tests/test_endpointing_e2e.py does).
+    config.setdefault("endpointing", {}).setdefault("enabled", False)
     return load_settings(None, config)
 
 
