@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from functools import partial
@@ -293,20 +294,21 @@ class Daemon:
     async def _start_satellites(self, stack: contextlib.AsyncExitStack) -> None:
         from .settings import SatelliteSettings
         from .sources.satellite import SatelliteSources
-        from .sources.satellite_command import CommandContext, SessionCommand
+        from .utterance import Utterance
 
-        context = CommandContext(
-            router=self.router,
-            limits=self.context.limits,
-            bus=self.events,
-            pools=self.pools,
-            observe=self._observe,
-            fallback=self.context.fallback,
-            budget=self.budget,
-        )
+        # A satellite streams until it is told the command is over: its end of speech is always detected.
+        always = self.settings.endpointing.model_copy(update={"enabled": True})
+        services = dataclasses.replace(self.context.services, endpointing=endpoint_settings(always))
 
-        def command(device: SatelliteSettings) -> SessionCommand:
-            return SessionCommand(context, f"satellite:{device.name}", device.language, device.vendor)
+        def command(device: SatelliteSettings) -> Utterance:
+            # An empty transcript (a wake word and nothing after it) is not worth an event.
+            return Utterance(
+                services,
+                f"satellite:{device.name}",
+                language=device.language,
+                vendor=device.vendor,
+                publish_empty=False,
+            )
 
         self.satellites = SatelliteSources(
             self.settings.satellites, command, self.events, drain_timeout=self.settings.limits.drain_timeout

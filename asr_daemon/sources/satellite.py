@@ -1,8 +1,9 @@
 """Voice satellites driven by the daemon: the connection to each satellite and to the wake-word service.
 
 ``SatelliteLink`` owns one satellite (``satellites.devices``): it connects, runs ``SatelliteProtocol``
-(``satellite_protocol.py``, the protocol without I/O) over the connection, turns each spoken command into a
-``Command`` (``satellite_command.py``) and carries out what the protocol answers. A satellite that reboots,
+(``satellite_protocol.py``, the protocol without I/O) over the connection, turns each spoken command into an
+``Utterance`` (routing, session, events; its end found by endpointing, always on for satellites, which have no
+end of their own) and carries out what the protocol answers. A satellite that reboots,
 disappears or refuses is retried with ``Backoff``; each link runs in its own task, so one satellite never
 delays another, nor start-up. Its state is an event on the bus (source ``satellite:<name>``): ``connected``
 (waiting for its wake word), ``streaming`` (a command is being spoken), ``unavailable`` (with why).
@@ -28,8 +29,9 @@ from wyoming.satellite import PauseSatellite
 
 from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.backoff import Backoff
+from ..session import SessionError
 from ..settings import SatelliteSettings, SatellitesSettings
-from .satellite_command import Command, CommandResult
+from ..utterance import Answer, Utterance
 from .satellite_protocol import (
     AbortCommand,
     Action,
@@ -54,7 +56,8 @@ STABLE_SECONDS = 30.0
 # Dead peers are found by the kernel, at no cost to the daemon while a satellite is idle.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
-CommandFactory = Callable[[SatelliteSettings], Command]
+# A new, unopened utterance for a command of this satellite.
+CommandFactory = Callable[[SatelliteSettings], Utterance]
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -116,7 +119,7 @@ class SatelliteLink:
         self._task: asyncio.Task[None] | None = None
         self._protocol: SatelliteProtocol | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._command: Command | None = None
+        self._command: Utterance | None = None
         self._announced_speech = False
         self._finishing: set[asyncio.Task[None]] = set()
         self._wake_writer: asyncio.StreamWriter | None = None
@@ -220,9 +223,9 @@ class SatelliteLink:
             if isinstance(action, AbortCommand) and command is not None:
                 if _cancelling():
                     # Shutting down: what was spoken so far is still transcribed (within drain_timeout).
-                    self._spawn_finish(command, protocol, "shutdown", answer=False)
+                    self._spawn_finish(command, protocol, answer=False)
                 else:
-                    self._spawn(command.abort(action.code, action.message), "abort")
+                    self._spawn(_abort(command, action.code, action.message), "abort")
 
     async def _execute(self, actions: list[Action]) -> None:
         protocol = self._protocol
@@ -231,13 +234,16 @@ class SatelliteLink:
                 command = self._command
                 if command is None:
                     continue
+                if command.session is None and not command.answered:
+                    command.open(action.fmt)
                 command.feed(action.pcm, action.fmt)
                 if protocol is None:
                     continue
                 if not self._announced_speech and command.speech_heard:
                     self._announced_speech = True
                     await self._execute(protocol.speech_started())
-                if command.ended:
+                if not command.taking_audio:
+                    # End of speech, no speech at all, or a failure (refused, vendor down): answer now.
                     await self._execute(protocol.speech_ended())
             elif isinstance(action, Send):
                 await self._send(action.event)
@@ -250,11 +256,11 @@ class SatelliteLink:
             elif isinstance(action, EndCommand):
                 command, self._command = self._command, None
                 if command is not None and protocol is not None:
-                    self._spawn_finish(command, protocol, action.reason, answer=True)
+                    self._spawn_finish(command, protocol, answer=True)
             elif isinstance(action, AbortCommand):
                 command, self._command = self._command, None
                 if command is not None:
-                    self._spawn(command.abort(action.code, action.message), "abort")
+                    self._spawn(_abort(command, action.code, action.message), "abort")
             elif isinstance(action, Refuse):
                 raise SatelliteRefused(action.code, action.message)
 
@@ -265,18 +271,23 @@ class SatelliteLink:
         async with asyncio.timeout(WRITE_TIMEOUT):
             await async_write_event(event, writer)
 
-    def _spawn_finish(self, command: Command, protocol: SatelliteProtocol, reason: str, *, answer: bool) -> None:
+    def _spawn_finish(self, command: Utterance, protocol: SatelliteProtocol, *, answer: bool) -> None:
         async def finish() -> None:
-            result = await command.finish(reason)
+            try:
+                result = await command.finish()
+            finally:
+                await command.aclose()
             # The answer goes to the connection the command came from, if it is still open.
             if answer and self._protocol is protocol:
                 await self._answer(protocol, result)
 
         self._spawn(finish(), "finish")
 
-    async def _answer(self, protocol: SatelliteProtocol, result: CommandResult) -> None:
+    async def _answer(self, protocol: SatelliteProtocol, result: Answer) -> None:
+        error = (result.error.code, result.error.message) if result.error is not None else None
+        text = result.transcript.text if result.transcript is not None else None
         try:
-            await self._execute(protocol.answered(result.text, result.error))
+            await self._execute(protocol.answered(text, error))
         except (OSError, TimeoutError) as exc:
             _LOGGER.warning("satellite %s: the answer could not be sent (%s)", self.settings.name, exc)
         if self._protocol is protocol and not protocol.in_command:
@@ -345,6 +356,11 @@ class SatelliteLink:
             return
         self.state = state
         self.bus.publish(AsrEvent(EventKind.STATE, self.source, state=state, message=message))
+
+
+async def _abort(command: Utterance, code: str, message: str) -> None:
+    command.fail(SessionError(code, message))
+    await command.aclose()
 
 
 def _cancelling() -> bool:

@@ -6,6 +6,7 @@ played. Runs under the satellite's own interpreter, with the standard library on
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import wave
@@ -49,7 +50,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         main()
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass

@@ -14,6 +14,7 @@ and, between, each WAV handed to ``say()`` (``tests/support/satellite_mic.py``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shlex
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -117,10 +117,8 @@ class _Process:
         if process is None:
             return
         if process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         process.wait(10)
 
     @property
