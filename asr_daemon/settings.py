@@ -346,7 +346,7 @@ class EventsSettings(BaseModel):
     jsonl: str | None = Field(default=None, description="Write events as JSON lines: '-' for stdout, or a file path")
     jsonl_partials: bool = Field(default=False, description="Include partial transcripts in the JSON lines")
     forward_uris: list[str] = Field(
-        default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the microphone's events"
+        default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the local sources' events"
     )
     queue_size: int = Field(default=1000, ge=10, le=1_000_000, description="Events each sink may have waiting")
     flush_timeout: float = Field(default=5.0, ge=0, le=120, description="Seconds sinks get to deliver at shutdown")
@@ -680,3 +680,9 @@ def _check_routes(settings: Settings) -> None:
     if mic.enabled and mic.vendor is not None and mic.vendor not in vendors:
         known = ", ".join(sorted(vendors)) or "none configured"
         raise ConfigError(f"mic.vendor = {mic.vendor!r}: expected one of the configured vendors ({known})")
+    for index, satellite in enumerate(settings.satellites.devices):
+        if satellite.vendor is not None and satellite.vendor not in vendors:
+            raise ConfigError(
+                f"satellites.devices.{index}.vendor = {satellite.vendor!r}: expected one of the configured vendors "
+                f"({known})"
+            )
