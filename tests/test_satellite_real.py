@@ -251,3 +251,47 @@ async def test_satellite_killed_mid_command_error_then_reconnect_and_next_comman
     errors = watcher.on("error")
     assert [(e["source"], e["code"]) for e in errors] == [("satellite:office", "satellite-lost")], errors
     assert transcripts(watcher) == [("satellite:office", "what is the weather like today")]
+
+
+async def idle_cpu(daemon: Daemon, names: list[str], seconds: float) -> float:
+    """Share of one core this process used over ``seconds`` (the daemon is all it runs)."""
+    for name in names:
+        await until(lambda name=name: link_state(daemon, name) == "connected", 30, f"{name} connected")
+    await asyncio.sleep(1.0)
+    wall, cpu = time.monotonic(), time.process_time()
+    await asyncio.sleep(seconds)
+    return (time.process_time() - cpu) / (time.monotonic() - wall)
+
+
+SATELLITES_MEASURED = 4
+
+
+async def test_cpu_of_connected_satellites_idle_and_streaming(tmp_path: Path, satellite_env: Path) -> None:
+    """Figures for docs/satellites.md (printed; bounds only catch a runaway loop): the daemon's CPU with N idle
+    local-wake satellites, and with N remote-wake satellites whose audio it sends to the wake-word service."""
+    names = [f"sat{i}" for i in range(SATELLITES_MEASURED)]
+    with WakeService(satellite_env, tmp_path) as wake:
+        local = [Satellite(satellite_env, tmp_path, name, wake.uri) for name in names]
+        remote = [Satellite(satellite_env, tmp_path / "remote", name) for name in names]
+        try:
+            for satellite in (*local, *remote):
+                satellite.start()
+            settings = {"vendors": {"local": {"phrases": COMMANDS}}}
+            idle_config = {**settings, "satellites": {"devices": [{"uri": s.uri, "name": s.name} for s in local]}}
+            async with running_daemon(idle_config) as daemon:
+                idle = await idle_cpu(daemon, names, 20.0)
+            remote_config = {
+                **settings,
+                "satellites": {"devices": [{"uri": s.uri, "name": s.name} for s in remote], "wake_uri": wake.uri},
+            }
+            async with running_daemon(remote_config) as daemon:
+                streaming = await idle_cpu(daemon, names, 20.0)
+        finally:
+            for satellite in (*local, *remote):
+                satellite.kill()
+    per_idle, per_streaming = idle / SATELLITES_MEASURED, streaming / SATELLITES_MEASURED
+    print(
+        f"\n{SATELLITES_MEASURED} local-wake satellites idle: {idle:.4%} of a core ({per_idle:.4%} each); "
+        f"remote-wake, streaming to the wake service: {streaming:.3%} ({per_streaming:.3%} each)"
+    )
+    assert per_idle < 0.01 and per_streaming < 0.2
