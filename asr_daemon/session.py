@@ -242,6 +242,11 @@ class Session:
         end_ms = self._committed[-1].end_ms
         return end_ms / 1000 if end_ms is not None else None
 
+    @property
+    def partial_pending(self) -> bool:
+        """The vendor holds a hypothesis no final has settled yet (speech it is still recognising)."""
+        return bool(self._partial)
+
     def feed(self, data: bytes, fmt: AudioFormat) -> bytes:
         """Accept client audio; raises ``SessionError`` for audio that cannot be used (the session is then failed).
 

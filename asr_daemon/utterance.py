@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
+# A vendor times a final at the end of its last word; the detector's last voiced frame comes later (the word's
+# trailing sound, breath). A final ending this close to it, with no hypothesis pending after it, has it all.
+FINAL_END_SLACK = 0.3
+
 # Told of every utterance that had a session: its transcript or its error (metrics, vendor health).
 Observer = Callable[[Session, Transcript | None, SessionError | None], None]
 
@@ -286,17 +290,24 @@ class Utterance:
             self._answer_now(session, None, "the finals cover the speech")
         else:
             _LOGGER.debug(
-                "session %s: end of speech at %.2f s of audio; ending the vendor stream",
+                "session %s: end of speech at %.2f s of audio, finals to %s s; ending the vendor stream",
                 self.id,
                 endpointer.last_voiced_end,
+                session.finals_end,
             )
             self._finishing = asyncio.create_task(self._finish_session(session), name=f"final {self.id}")
 
     @staticmethod
     def _covered(session: Session, endpointer: Endpointer) -> bool:
-        """The vendor's finals reach past the last voiced audio: nothing said is still unrecognised."""
+        """The vendor's finals reach the last voiced audio and it holds no other hypothesis: nothing said is still
+        unrecognised."""
         finals_end = session.finals_end
-        return finals_end is not None and finals_end >= endpointer.last_voiced_end and not session.outcome.done()
+        return (
+            finals_end is not None
+            and finals_end >= endpointer.last_voiced_end - FINAL_END_SLACK
+            and not session.partial_pending
+            and not session.outcome.done()
+        )
 
     def _answer_now(self, session: Session, text: str | None, reason: str) -> None:
         _LOGGER.debug("session %s: end of speech (%s): answering now", self.id, reason)
