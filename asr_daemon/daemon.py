@@ -293,7 +293,7 @@ class Daemon:
 
     async def _start_satellites(self, stack: contextlib.AsyncExitStack) -> None:
         from .settings import SatelliteSettings
-        from .sources.satellite import SatelliteSources
+        from .sources.satellite import SatelliteSources, SatelliteStateMetric
         from .utterance import Utterance
 
         # A satellite streams until it is told the command is over: its end of speech is always detected.
@@ -313,6 +313,8 @@ class Daemon:
         self.satellites = SatelliteSources(
             self.settings.satellites, command, self.events, drain_timeout=self.settings.limits.drain_timeout
         )
+        if self.metrics is not None:
+            self.metrics.registry.register(SatelliteStateMetric(self.satellites))
         await stack.enter_async_context(self.satellites)
 
     async def _announce(self, stack: contextlib.AsyncExitStack) -> None:

@@ -4,16 +4,22 @@ events a satellite's commands produce on the sinks (Wyoming forwarding, the MQTT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from wyoming.event import Event, async_read_event
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Attribution, Info, Satellite
+from wyoming.ping import Ping, Pong
+from wyoming.pipeline import PipelineStage, RunPipeline
 
 from asr_daemon.events import AsrEvent, EventKind
 from asr_daemon.settings import ConfigError, MqttSettings, load_settings
 from asr_daemon.sinks.mqtt import Topics
 from asr_daemon.sinks.wyoming_forward import WyomingForwardSink
+from asr_daemon.sources import satellite as satellite_module
 from asr_daemon.vendors.local.grammar import missing_reason
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, utterance
@@ -126,3 +132,105 @@ async def test_a_satellite_that_never_answers_delays_neither_start_up_nor_other_
     # Generous bounds: the hung satellite would hold start-up and stop for its 60 s connect timeout.
     assert start_seconds < 10, start_seconds
     assert stop_seconds < 10, stop_seconds
+
+
+class FakeSatellite:
+    """A satellite as wyoming-satellite 1.1+ behaves on the wire: answers describe and pings, records the rest."""
+
+    def __init__(self, *, answer_pings: bool = True, after_run: list[Event] | None = None) -> None:
+        self.answer_pings = answer_pings
+        self.after_run = after_run or []
+        self.connections = 0
+        self.received: list[str] = []
+        self.changed = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while (event := await async_read_event(reader)) is not None:
+                self.received.append(event.type)
+                self.changed.set()
+                if event.type == "describe":
+                    await async_write_event(satellite_info(), writer)
+                elif event.type == "ping" and self.answer_pings:
+                    await async_write_event(Pong(text=Ping.from_event(event).text).event(), writer)
+                elif event.type == "run-satellite":
+                    for answer in self.after_run:
+                        await async_write_event(answer, writer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self.changed.set()
+
+    async def __aenter__(self) -> FakeSatellite:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def uri(self) -> str:
+        assert self.server is not None
+        return f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def wait(self, check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await self.changed.wait()
+
+
+def satellite_info() -> Event:
+    satellite = Satellite(
+        name="fake", attribution=Attribution(name="", url=""), installed=True, description="fake", version="1.4.1"
+    )
+    return Info(satellite=satellite).event()
+
+
+def fake_config(fake: FakeSatellite, **satellites: object) -> dict[str, object]:
+    return {
+        "vendors": {"local": {"phrases": ["turn on the kitchen light"]}},
+        "health": {"port": 0},
+        "satellites": {
+            "devices": [{"uri": fake.uri, "name": "fake", "language": "en"}],
+            "retry_min_delay": 0.05,
+            "retry_max_delay": 0.2,
+            **satellites,
+        },
+    }
+
+
+async def test_a_satellite_that_pings_is_dropped_when_it_falls_silent_and_paused_when_the_daemon_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(satellite_module, "PING_SILENCE_SECONDS", 0.5)
+    async with FakeSatellite() as fake, running_daemon(fake_config(fake)) as daemon:
+        assert daemon.satellites is not None and daemon.metrics is not None
+        link = daemon.satellites.links[0]
+        await fake.wait(lambda: link.state == "connected", "connected")
+        assert fake.received[:3] == ["describe", "run-satellite", "ping"]
+        assert 'asr_satellite_state{satellite="fake",state="connected"} 1.0' in daemon.metrics.render().decode()
+        # It answered the ping but never pings back: after PING_SILENCE_SECONDS it is taken for gone, and retried.
+        await fake.wait(lambda: fake.connections >= 2, "a reconnection")
+        await fake.wait(lambda: link.state == "connected", "connected again")
+        fake.received.clear()
+    # Stopping: a satellite that knows pause-satellite stops streaming at once.
+    assert "pause-satellite" in fake.received
+
+
+async def test_a_satellite_wanting_remote_wake_without_a_wake_service_is_refused_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = RunPipeline(start_stage=PipelineStage.WAKE, end_stage=PipelineStage.HANDLE).event()
+    async with FakeSatellite(after_run=[run]) as fake, running_daemon(fake_config(fake)) as daemon:
+        assert daemon.satellites is not None
+        link = daemon.satellites.links[0]
+        await fake.wait(lambda: link.state == "unavailable", "refused")
+    refusals = [r for r in caplog.records if r.levelname == "ERROR" and "satellites.wake_uri is not set" in r.message]
+    assert len(refusals) == 1, [r.message for r in caplog.records]

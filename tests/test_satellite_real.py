@@ -28,6 +28,8 @@ pytestmark = [
     pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or ""),
     pytest.mark.skipif(not have_python(), reason="needs python3.11 for wyoming-satellite 1.0.0"),
     pytest.mark.timeout(240),
+    # Real processes speaking in real time (about two minutes in all): once per CI run, not per Python version.
+    pytest.mark.realpart,
 ]
 
 NODE = "sat-test"

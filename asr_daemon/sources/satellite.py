@@ -55,6 +55,9 @@ WRITE_TIMEOUT = 5.0
 STABLE_SECONDS = 30.0
 # Dead peers are found by the kernel, at no cost to the daemon while a satellite is idle.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+# A satellite that answered our ping pings us every 2 s: this long without a word from it, it is gone.
+PING_SILENCE_SECONDS = 10.0
+STATES = (CONNECTED, STREAMING, UNAVAILABLE)
 
 # A new, unopened utterance for a command of this satellite.
 CommandFactory = Callable[[SatelliteSettings], Utterance]
@@ -203,7 +206,14 @@ class SatelliteLink:
             version = identity.version or "1.0 (no version in info)"
             _LOGGER.info("satellite %s: connected to %r, version %s", self.settings.name, identity.name, version)
             self._set_state(CONNECTED, identity.name)
-            while (event := await async_read_event(reader)) is not None:
+            while True:
+                try:
+                    async with asyncio.timeout(PING_SILENCE_SECONDS if protocol.answers_pings else None):
+                        event = await async_read_event(reader)
+                except TimeoutError:
+                    raise ConnectionError(f"no ping from the satellite for {PING_SILENCE_SECONDS:g} s") from None
+                if event is None:
+                    break
                 await self._execute(protocol.receive(event))
         finally:
             self._protocol = None
@@ -387,3 +397,21 @@ class SatelliteSources:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.gather(*(link.aclose() for link in self.links))
+
+
+class SatelliteStateMetric:
+    """``asr_satellite_state{satellite, state}``: 1 for each satellite's current state, 0 for the others."""
+
+    def __init__(self, sources: SatelliteSources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "asr_satellite_state", "Each satellite's state (1: the current one)", labels=["satellite", "state"]
+        )
+        for link in self.sources.links:
+            for state in STATES:
+                family.add_metric([link.settings.name, state], 1.0 if link.state == state else 0.0)
+        yield family
