@@ -175,7 +175,9 @@ class SatelliteLink:
                     self._last_refusal = message
                 # Asking again soon would give the same answer.
                 backoff.attempt = max(backoff.attempt, 32)
-            except (OSError, TimeoutError, EOFError, ValueError) as exc:
+            except TimeoutError:
+                message = f"no answer within {self.common.connect_timeout:g} s"
+            except (OSError, EOFError, ValueError) as exc:
                 message = f"cannot reach it: {exc or type(exc).__name__}"
             self.failures += 1
             if connected_at is not None and time.monotonic() - connected_at > STABLE_SECONDS:
