@@ -281,7 +281,7 @@ class EndpointingSettings(BaseModel):
         default=0.3, gt=0, le=5, description="Speech, in one stretch, before an utterance counts as having any"
     )
     no_speech_seconds: float = Field(
-        default=8.0,
+        default=5.0,
         gt=0,
         le=600,
         description="An utterance without speech this long after its start is answered with an empty transcript",

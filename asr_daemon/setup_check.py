@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .vendors.base import VendorAdapter
 
 
-# Modules the microphone imports: PyAudio always, pymicro-vad unless every sound is streamed.
-_MIC_MODULES = {"pyaudio": "PyAudio", "pymicro_vad": "pymicro-vad"}
+# Modules the microphone imports beyond the base install (its speech detector, webrtcvad, is in it).
+_MIC_MODULES = {"pyaudio": "PyAudio"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,7 @@ def _microphone(settings: Settings) -> list[Finding]:
     mic = settings.mic
     if not mic.enabled:
         return []
-    wanted = ["pyaudio"] if mic.always_stream else list(_MIC_MODULES)
-    missing = [_MIC_MODULES[module] for module in wanted if importlib.util.find_spec(module) is None]
+    missing = [name for module, name in _MIC_MODULES.items() if importlib.util.find_spec(module) is None]
     if not missing:
         return []
     message = (

@@ -218,6 +218,13 @@ class Utterance:
                 if endpointer is not None and endpointer.speech_heard and self._covered(session, endpointer):
                     self._answer_now(session, None, "the finals cover the speech")
                 else:
+                    if endpointer is not None:
+                        _LOGGER.debug(
+                            "session %s: end of audio; speech to %.2f s, finals to %s s: ending the vendor stream",
+                            self.id,
+                            endpointer.last_voiced_end,
+                            session.finals_end,
+                        )
                     self._finishing = asyncio.create_task(self._finish_session(session), name=f"final {self.id}")
         if self._finishing is not None:
             await asyncio.shield(self._finishing)

@@ -56,6 +56,9 @@ HESITATIONS = (
 HESITATION_SECONDS = (0.3, 0.4, 0.5)
 NOISES = ("white", "pink", "brown", "fan")
 SNRS_DB = (20.0, 10.0, 5.0)
+# Gain on speech and noise together: espeak's own level (speech about -19 dBFS RMS, a near microphone or one
+# with automatic gain) and 15 dB quieter (about -34 dBFS, a far microphone without gain).
+LEVELS_DB = (0.0, -15.0)
 SILENCE_SECONDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0)
 SPEECH_SECONDS = 0.3
 SOX_RAW = ["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"]
@@ -128,12 +131,13 @@ def make_clips(quick: bool) -> list[Clip]:
     return clips
 
 
-def noisy(clip: Clip, kind: str, snr_db: float | None, seed: int) -> bytes:
+def noisy(clip: Clip, kind: str, snr_db: float | None, seed: int, level_db: float = 0.0) -> bytes:
     samples = clip.clean
     if snr_db is not None:
         noise = sox_noise(kind, len(samples) / RATE + 0.1, seed)[: len(samples)]
         noise_rms = float(np.sqrt((noise**2).mean()))
         samples = samples + noise * (clip.speech_rms / noise_rms) * 10 ** (-snr_db / 20)
+    samples = samples * 10 ** (level_db / 20)
     return np.clip(np.round(samples), -32768, 32767).astype("<i2").tobytes()
 
 
@@ -231,6 +235,7 @@ class Row:
     detector: str
     noise: str
     snr_db: float | None
+    level_db: float
     clips: int
     frame_accuracy: float
     speech_recall: float
@@ -240,12 +245,14 @@ class Row:
 
 
 def evaluate(detectors: dict[str, Detector], clips: list[Clip], quick: bool) -> list[Row]:
-    conditions: list[tuple[str, float | None]] = [("clean", None)]
-    conditions += [(kind, snr) for kind in NOISES for snr in SNRS_DB]
+    conditions: list[tuple[str, float | None, float]] = []
+    for level in LEVELS_DB[:1] if quick else LEVELS_DB:
+        conditions.append(("clean", None, level))
+        conditions += [(kind, snr, level) for kind in NOISES for snr in SNRS_DB]
     rows = []
     checked = False
-    for kind, snr in conditions:
-        audio = [noisy(clip, kind, snr, seed) for seed, clip in enumerate(clips)]
+    for kind, snr, level in conditions:
+        audio = [noisy(clip, kind, snr, seed, level) for seed, clip in enumerate(clips)]
         for name, detect in detectors.items():
             if quick and name.startswith("pymicro") and snr not in (None, 10.0):
                 continue
@@ -288,6 +295,7 @@ def evaluate(detectors: dict[str, Detector], clips: list[Clip], quick: bool) -> 
                     name,
                     kind,
                     snr,
+                    level,
                     len(clips),
                     correct / total,
                     hits / speech_frames,
@@ -300,16 +308,17 @@ def evaluate(detectors: dict[str, Detector], clips: list[Clip], quick: bool) -> 
 
 
 def noise_only(detectors: dict[str, Detector], clips: list[Clip], seconds: float = 8.0) -> dict[str, dict[str, int]]:
-    """How many noise-only streams (each noise at each SNR's level) a detector takes for speech."""
+    """How many noise-only streams (each noise at each SNR's and each level's) a detector takes for speech."""
     out: dict[str, dict[str, int]] = {}
-    level = float(np.mean([clip.speech_rms for clip in clips]))
+    speech_rms = float(np.mean([clip.speech_rms for clip in clips]))
+    levels = [(snr, gain) for snr in SNRS_DB for gain in LEVELS_DB]
     for name, detect in detectors.items():
         heard = {}
         for kind in NOISES:
             count = 0
-            for seed, snr in enumerate(SNRS_DB):
+            for seed, (snr, gain) in enumerate(levels):
                 noise = sox_noise(kind, seconds, seed)
-                noise *= level / float(np.sqrt((noise**2).mean())) * 10 ** (-snr / 20)
+                noise *= speech_rms / float(np.sqrt((noise**2).mean())) * 10 ** ((gain - snr) / 20)
                 pcm = np.clip(np.round(noise), -32768, 32767).astype("<i2").tobytes()
                 count += ended_at(detect(pcm) + [False] * 100, SPEECH_SECONDS, 0.01) is not None
             heard[kind] = count
@@ -317,9 +326,40 @@ def noise_only(detectors: dict[str, Detector], clips: list[Clip], seconds: float
     return out
 
 
-def summary_line(row: Row) -> str:
+def condition(row: Row) -> str:
     snr = "clean" if row.snr_db is None else f"{row.noise} {row.snr_db:g} dB"
-    parts = [f"{row.detector:14} {snr:14} acc {row.frame_accuracy:.3f} recall {row.speech_recall:.3f}"]
+    return snr if row.level_db == 0 else f"{snr}, level {row.level_db:g} dB"
+
+
+def markdown(rows: list[Row], silence: str = "0.5", shorter: str = "0.4") -> str:
+    """The table docs/speech-detector.md carries."""
+    head = [
+        "| condition | detector | frame acc. | speech recall | noise taken for speech "
+        f"| cuts, silence {shorter} s | cuts, silence {silence} s | no end (of {rows[0].clips}), {silence} s "
+        f"| delay p50 / p95 (s), {silence} s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines = []
+    for row in rows:
+        if row.detector not in ("webrtcvad-2", "webrtcvad-3", "pymicro-vad", "energy"):
+            continue
+        cuts = {
+            key: "/".join(str(row.endpointing[key][f"false_end_pause_{p:g}"]) for p in (0.0, *HESITATION_SECONDS))
+            for key in (shorter, silence)
+        }
+        figures = row.endpointing[silence]
+        p50, p95 = figures["delay_p50"], figures["delay_p95"]
+        delay = "–" if p50 is None or p95 is None else f"{p50:.2f} / {p95:.2f}"
+        lines.append(
+            f"| {condition(row)} | {row.detector} | {row.frame_accuracy:.3f} | {row.speech_recall:.3f} "
+            f"| {row.false_speech:.3f} | {cuts[shorter]} | {cuts[silence]} | {figures['missed']} | {delay} |"
+        )
+    return "\n".join(head + lines)
+
+
+def summary_line(row: Row) -> str:
+    snr = condition(row)
+    parts = [f"{row.detector:14} {snr:22} acc {row.frame_accuracy:.3f} recall {row.speech_recall:.3f}"]
     parts.append(f"false-speech {row.false_speech:.3f}")
     for silence in ("0.3", "0.4", "0.5", "0.7"):
         figures = row.endpointing[silence]
@@ -394,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer clips and conditions")
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--markdown", help="write the accuracy table (as in docs/speech-detector.md) to this file")
     args = parser.parse_args(argv)
 
     clips = make_clips(args.quick)
@@ -414,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{us:8.2f} µs  {what}")
     rows = evaluate(detectors, clips, args.quick)
     false_speech = noise_only(detectors, clips)
-    print("noise-only streams taken for speech (of 3 per noise):", false_speech)
+    print(f"noise-only streams taken for speech (of {len(SNRS_DB) * len(LEVELS_DB)} per noise):", false_speech)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as out:
+            out.write(markdown(rows) + "\n")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             result: dict[str, Any] = {

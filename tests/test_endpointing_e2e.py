@@ -29,6 +29,7 @@ from asr_daemon.events import AsrEvent, EventKind, Subscription
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, silence, utterance, wav
 from tests.support.vendor_e2e import VENDORS, VendorE2E
+from tests.support.wyoming import describe
 
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="needs espeak-ng and sox")
 
@@ -313,3 +314,16 @@ async def test_speech_the_finals_do_not_cover_yet_ends_the_vendor_stream_for_its
     assert reply.transcripts == [AMIVOICE.script[0]]
     assert record.completed
     assert not reply.audio_stop_sent
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_describe_tells_home_assistant_whether_it_needs_its_own_vad(enabled: bool) -> None:
+    async with running_daemon(
+        {"endpointing": {"enabled": enabled}, "vendors": {"amivoice": {"api_key": "test-key"}}}
+    ) as daemon:
+        [program] = (await describe(daemon_port(daemon))).asr
+    # On: the daemon ends utterances itself and wants the audio as the microphone gave it (cloud recognisers do
+    # their own noise handling); off: what it always said (the package's defaults).
+    assert program.requires_external_vad is not enabled
+    assert program.prefers_auto_gain_enabled is not enabled
+    assert program.prefers_noise_reduction_enabled is not enabled

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from wyoming.event import Event, async_read_event
 
-from asr_daemon.audio.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadSegmenter, VadSettings, micro_vad
+from asr_daemon.audio.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadSegmenter, VadSettings, webrtc_vad
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.events import AsrEvent, EventKind, Subscription
@@ -26,7 +26,6 @@ from tests.support.speech import have_speech_tools, silence, speech
 from tests.support.wyoming import describe
 
 pyaudio = pytest.importorskip("pyaudio", reason="PyAudio is needed (the mic extra)")
-pytest.importorskip("pymicro_vad", reason="pymicro-vad is needed (the mic extra)")
 pytestmark = pytest.mark.skipif(not have_speech_tools(), reason="espeak-ng and sox are needed")
 
 SCRIPTS = [["一つ目です"], ["二つ目です"]]
@@ -69,7 +68,7 @@ def finals(events: list[AsrEvent]) -> list[AsrEvent]:
 
 def expected_utterances(pcm: bytes) -> list[bytes]:
     """What the daemon must send the vendor for ``pcm``: the same segmenter, offline, on the same bytes."""
-    segmenter = VadSegmenter(VadSettings(), micro_vad())
+    segmenter = VadSegmenter(VadSettings(), webrtc_vad())
     utterances: list[bytes] = []
     current = bytearray()
     for step in range(0, len(pcm), 960):

@@ -35,7 +35,7 @@ from ..audio.vad import (
     UtteranceStarted,
     VadSegmenter,
     VadSettings,
-    micro_vad,
+    webrtc_vad,
 )
 from ..budget import AudioBudget, BudgetExhausted
 from ..events import AsrEvent, EventBus, EventKind
@@ -318,7 +318,7 @@ class MicSource:
         bus: EventBus,
         *,
         drain_timeout: float = 15.0,
-        detector_factory: Any = micro_vad,
+        detector_factory: Any = webrtc_vad,
         pool: StreamPool | None = None,
         observe: Observer | None = None,
         fallback: VendorAdapter | None = None,

@@ -3,9 +3,10 @@
 ``transcribe`` picks the vendor by language, ``audio-start`` opens the vendor stream, each ``audio-chunk`` is
 forwarded as it arrives, and ``audio-stop`` waits (bounded) for the final. Partials go out as
 ``transcript-start``/``transcript-chunk``; the answer is ``transcript`` + ``transcript-stop`` or an ``error``,
-after which the connection is closed (Home Assistant opens a new one per utterance). A failure noticed
-before ``audio-stop`` is reported at once and the vendor stream let go, and the connection keeps reading until
-``audio-stop``: closing earlier would make Home Assistant's next audio write fail.
+after which the connection is closed (Home Assistant opens a new one per utterance). An answer known before
+``audio-stop`` (a failure, or with endpointing the end of speech) is sent at once, and the connection keeps
+reading, and dropping, audio until ``audio-stop`` or the client's close: closing earlier would make Home
+Assistant 2025.x's next audio write fail, and 2026.x stops uploading when it reads the transcript.
 
 Only audio keeps an utterance alive: one that gets no audio for ``idle_timeout`` (other events do not count),
 or has no ``audio-stop`` within ``utterance_wall_seconds`` of its start, is answered with an error and the
