@@ -378,7 +378,11 @@ class SatelliteSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uri: str = Field(description="The satellite's Wyoming address: tcp://HOST:PORT (its --uri)")
+    uri: str | None = Field(
+        default=None,
+        description="The satellite's Wyoming address: tcp://HOST:PORT (its --uri); unset: found by zeroconf "
+        "(satellites.discover) by its name",
+    )
     name: str = Field(
         description="Its name in events (source satellite:<name>) and MQTT topics: letters, digits, - and _"
     )
@@ -387,8 +391,8 @@ class SatelliteSettings(BaseModel):
 
     @field_validator("uri")
     @classmethod
-    def _check_uri(cls, value: str) -> str:
-        return _check_wyoming_uri("uri", value)
+    def _check_uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_wyoming_uri("uri", value)
 
     @field_validator("name")
     @classmethod
@@ -413,6 +417,11 @@ class SatellitesSettings(BaseModel):
     devices: list[SatelliteSettings] = Field(
         default_factory=list, description="Satellites to connect to (each serves one pipeline runner at a time)"
     )
+    discover: bool = Field(
+        default=False,
+        description="Find the satellites listed without a uri by zeroconf (_wyoming._tcp), by the name their info "
+        "gives; only listed names are ever claimed",
+    )
     wake_uri: str | None = Field(
         default=None,
         description="Wyoming wake-word service (e.g. openWakeWord, tcp://HOST:10400) for satellites without "
@@ -432,6 +441,9 @@ class SatellitesSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_names(self) -> SatellitesSettings:
+        unplaced = [device.name for device in self.devices if device.uri is None]
+        if unplaced and not self.discover:
+            raise ValueError(f"satellites without a uri ({', '.join(unplaced)}) need satellites.discover: true")
         names = [device.name for device in self.devices]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
 
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.satellite import PauseSatellite
@@ -32,6 +30,8 @@ from ..resilience.backoff import Backoff
 from ..session import SessionError
 from ..settings import SatelliteSettings, SatellitesSettings
 from ..utterance import Answer, Utterance
+from .satellite_discovery import SatelliteFinder
+from .satellite_io import open_wyoming
 from .satellite_protocol import (
     AbortCommand,
     Action,
@@ -53,8 +53,6 @@ UNAVAILABLE = "unavailable"
 WRITE_TIMEOUT = 5.0
 # A connection that lasted this long counts as a success: the next failure waits from the shortest delay again.
 STABLE_SECONDS = 30.0
-# Dead peers are found by the kernel, at no cost to the daemon while a satellite is idle.
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 # A satellite that answered our ping pings us every 2 s: this long without a word from it, it is gone.
 PING_SILENCE_SECONDS = 10.0
 STATES = (CONNECTED, STREAMING, UNAVAILABLE)
@@ -62,31 +60,12 @@ STATES = (CONNECTED, STREAMING, UNAVAILABLE)
 # A new, unopened utterance for a command of this satellite.
 CommandFactory = Callable[[SatelliteSettings], Utterance]
 
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
 
 class SatelliteRefused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-async def open_wyoming(uri: str, timeout: float) -> Stream:
-    """A connection to a Wyoming ``tcp://`` or ``unix://`` address, with TCP keepalive on."""
-    parsed = urlparse(uri)
-    async with asyncio.timeout(timeout):
-        if parsed.scheme == "unix":
-            return await asyncio.open_unix_connection(parsed.path)
-        reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-    return reader, writer
 
 
 async def _close(writer: asyncio.StreamWriter | None) -> None:
@@ -109,8 +88,10 @@ class SatelliteLink:
         bus: EventBus,
         *,
         drain_timeout: float = 15.0,
+        finder: SatelliteFinder | None = None,
     ) -> None:
         self.settings = settings
+        self.finder = finder
         self.common = common
         self.commands = commands
         self.bus = bus
@@ -160,10 +141,11 @@ class SatelliteLink:
 
     async def _run(self) -> None:
         backoff = Backoff(self.common.retry_min_delay, self.common.retry_max_delay)
-        uri = self.settings.uri
+        uri = self.settings.uri or "zeroconf"
         while True:
             connected_at: float | None = None
             try:
+                uri = self.settings.uri or await self._discovered()
                 reader, writer = await open_wyoming(uri, self.common.connect_timeout)
                 connected_at = time.monotonic()
                 await self._serve(reader, writer)
@@ -187,6 +169,13 @@ class SatelliteLink:
             _LOGGER.log(level, "satellite %s (%s): %s; retrying in %.1f s", self.settings.name, uri, message, delay)
             self._set_state(UNAVAILABLE, message)
             await asyncio.sleep(delay)
+
+    async def _discovered(self) -> str:
+        finder = self.finder
+        uri = await finder.find(self.settings.name) if finder is not None else None
+        if uri is None:
+            raise ConnectionError("no satellite of this name is announced by zeroconf (yet)")
+        return uri
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         protocol = self._protocol = SatelliteProtocol(
@@ -386,11 +375,16 @@ class SatelliteSources:
     def __init__(
         self, settings: SatellitesSettings, commands: CommandFactory, bus: EventBus, *, drain_timeout: float = 15.0
     ) -> None:
+        discovering = settings.discover and any(device.uri is None for device in settings.devices)
+        self.finder = SatelliteFinder(settings.connect_timeout) if discovering else None
         self.links = [
-            SatelliteLink(device, settings, commands, bus, drain_timeout=drain_timeout) for device in settings.devices
+            SatelliteLink(device, settings, commands, bus, drain_timeout=drain_timeout, finder=self.finder)
+            for device in settings.devices
         ]
 
     async def __aenter__(self) -> SatelliteSources:
+        if self.finder is not None:
+            await self.finder.__aenter__()
         for link in self.links:
             await link.__aenter__()
         return self
@@ -399,6 +393,8 @@ class SatelliteSources:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.gather(*(link.aclose() for link in self.links))
+        if self.finder is not None:
+            await self.finder.__aexit__(None, None, None)
 
 
 class SatelliteStateMetric:
