@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wyoming.event import Event, async_read_event, async_write_event
@@ -22,6 +23,7 @@ from asr_daemon.sinks.wyoming_forward import WyomingForwardSink
 from asr_daemon.sources import satellite as satellite_module
 from asr_daemon.vendors.local.grammar import missing_reason
 from tests.support.daemon import running_daemon
+from tests.support.netns import Peer, adopt_interface, emit, netns_unavailable, next_command, run_in_netns, veth
 from tests.support.speech import have_speech_tools, utterance
 from tests.support.wyoming import transcribe
 from tests.test_wyoming_forward import free_port
@@ -137,7 +139,11 @@ async def test_a_satellite_that_never_answers_delays_neither_start_up_nor_other_
 class FakeSatellite:
     """A satellite as wyoming-satellite 1.1+ behaves on the wire: answers describe and pings, records the rest."""
 
-    def __init__(self, *, answer_pings: bool = True, after_run: list[Event] | None = None) -> None:
+    def __init__(
+        self, *, answer_pings: bool = True, after_run: list[Event] | None = None, name: str = "fake", host: str = ""
+    ) -> None:
+        self.name = name
+        self.host = host or "127.0.0.1"
         self.answer_pings = answer_pings
         self.after_run = after_run or []
         self.connections = 0
@@ -152,7 +158,7 @@ class FakeSatellite:
                 self.received.append(event.type)
                 self.changed.set()
                 if event.type == "describe":
-                    await async_write_event(satellite_info(), writer)
+                    await async_write_event(satellite_info(self.name), writer)
                 elif event.type == "ping" and self.answer_pings:
                     await async_write_event(Pong(text=Ping.from_event(event).text).event(), writer)
                 elif event.type == "run-satellite":
@@ -165,7 +171,7 @@ class FakeSatellite:
             self.changed.set()
 
     async def __aenter__(self) -> FakeSatellite:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self.serve, self.host, 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -173,9 +179,14 @@ class FakeSatellite:
         self.server.close()
 
     @property
-    def uri(self) -> str:
+    def port(self) -> int:
         assert self.server is not None
-        return f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def uri(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
 
     async def wait(self, check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
@@ -186,9 +197,9 @@ class FakeSatellite:
                         await self.changed.wait()
 
 
-def satellite_info() -> Event:
+def satellite_info(name: str = "fake") -> Event:
     satellite = Satellite(
-        name="fake", attribution=Attribution(name="", url=""), installed=True, description="fake", version="1.4.1"
+        name=name, attribution=Attribution(name="", url=""), installed=True, description=name, version="1.4.1"
     )
     return Info(satellite=satellite).event()
 
@@ -234,3 +245,58 @@ async def test_a_satellite_wanting_remote_wake_without_a_wake_service_is_refused
         await fake.wait(lambda: link.state == "unavailable", "refused")
     refusals = [r for r in caplog.records if r.levelname == "ERROR" and "satellites.wake_uri is not set" in r.message]
     assert len(refusals) == 1, [r.message for r in caplog.records]
+
+
+@pytest.mark.skipif(netns_unavailable() is not None, reason=netns_unavailable() or "")
+def test_zeroconf_discovery_claims_only_the_listed_satellite() -> None:
+    result = run_in_netns("tests.test_satellite:_scenario_discovery", timeout=90)[-1]["result"]
+    assert result["state"] == "connected", result
+    # The listed satellite was described, then claimed; the other one at most asked who it is, never claimed.
+    assert result["kitchen"][-3:] == ["describe", "run-satellite", "ping"], result
+    assert set(result["hall"]) <= {"describe"}, result
+
+
+async def _scenario_discovery() -> dict[str, Any]:
+    veth("v0", "192.0.2.1/24", peer="v1")
+    async with Peer("tests.test_satellite:_peer_satellites", {"address": "192.0.2.2"}, link="v1") as peer:
+        await peer.expect("announced", within=20)
+        config = {
+            "vendors": {"local": {"phrases": ["turn on the kitchen light"]}},
+            "satellites": {
+                "discover": True,
+                "devices": [{"name": "kitchen", "language": "en"}],
+                "retry_min_delay": 0.1,
+                "retry_max_delay": 0.5,
+            },
+        }
+        async with running_daemon(config) as daemon:
+            assert daemon.satellites is not None
+            link = daemon.satellites.links[0]
+            async with asyncio.timeout(30):
+                while link.state != "connected":
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            peer.send({"command": "report"})
+            report = await peer.expect("report", within=10)
+            state = link.state
+    return {"state": state, "kitchen": report["kitchen"], "hall": report["hall"]}
+
+
+async def _peer_satellites(address: str) -> None:
+    """Two satellites on another host, both announced; only "kitchen" is listed in the daemon's config."""
+    from asr_daemon.discovery import ZeroconfAdvertiser
+
+    await adopt_interface("v1", f"{address}/24")
+    async with (
+        FakeSatellite(name="kitchen", host="0.0.0.0") as kitchen,
+        FakeSatellite(name="hall", host="0.0.0.0") as hall,
+        ZeroconfAdvertiser("kitchen-sat", kitchen.port, "0.0.0.0", refresh_interval=None) as one,
+        ZeroconfAdvertiser("hall-sat", hall.port, "0.0.0.0", refresh_interval=None) as other,
+    ):
+        async with asyncio.timeout(15):
+            await one.wait_announced()
+            await other.wait_announced()
+        emit({"event": "announced"})
+        while (command := await next_command()) is not None:
+            if command["command"] == "report":
+                emit({"event": "report", "kitchen": kitchen.received, "hall": hall.received})
