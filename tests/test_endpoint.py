@@ -163,3 +163,11 @@ def test_a_hesitation_shorter_than_the_silence_does_not_end_the_command() -> Non
     longer = silence(500) + first + silence(round(settings.silence_seconds * 1000) + 300) + second + silence(2000)
     _, ended_at = run(mix(longer, noise(len(longer) // 32 + 10)), settings)
     assert 0 < ended_at < (500 + len(first) / 32) / 1000 + settings.silence_seconds + 0.3
+
+
+def test_once_ended_more_speech_does_not_reopen_the_turn() -> None:
+    pcm, _ = command_with_noise(tail_ms=1500)
+    endpointer, _ = run(pcm, EndpointSettings())
+    assert endpointer.ended
+    endpointer.feed(speech("and the porch light"))
+    assert endpointer.ended and endpointer.speech_heard and not endpointer.no_speech
