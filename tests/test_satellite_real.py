@@ -61,6 +61,8 @@ class Broker:
     def __init__(self, mosquitto: Mosquitto) -> None:
         self.mosquitto = mosquitto
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        # When each message arrived (wall clock), for latencies.
+        self.arrivals: list[float] = []
         self._changed = asyncio.Event()
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -76,6 +78,7 @@ class Broker:
                 except ValueError:
                     data = {"raw": payload.decode(errors="replace")}
                 self.messages.append((suffix, data if isinstance(data, dict) else {"raw": data}))
+                self.arrivals.append(time.time())
                 self._changed.set()
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
@@ -297,3 +300,87 @@ async def test_cpu_of_connected_satellites_idle_and_streaming(tmp_path: Path, sa
         f"remote-wake, streaming to the wake service: {streaming:.3%} ({per_streaming:.3%} each)"
     )
     assert per_idle < 0.01 and per_streaming < 0.2
+
+
+CHUNK_SAMPLES = 1024  # what the satellite's microphone delivers at a time (64 ms)
+
+
+async def wyoming_latency(port: int, pcm: bytes, last_voiced: int) -> float:
+    """A Home Assistant-style client streaming ``pcm`` in real time: seconds from sending the chunk that holds
+    the last voiced sample to the transcript (the daemon's endpointing ends the utterance)."""
+    from wyoming.asr import Transcribe, Transcript
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+
+    chunk_bytes = CHUNK_SAMPLES * 2
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        started = time.monotonic()
+        voiced_sent: float | None = None
+
+        async def send() -> None:
+            nonlocal voiced_sent
+            for offset in range(0, len(pcm), chunk_bytes):
+                piece = pcm[offset : offset + chunk_bytes]
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=piece).event())
+                if offset <= last_voiced * 2 < offset + chunk_bytes:
+                    voiced_sent = time.monotonic()
+                await asyncio.sleep(max(0.0, started + (offset + len(piece)) / 32000 - time.monotonic()))
+            await client.write_event(AudioStop().event())
+
+        sender = asyncio.create_task(send())
+        try:
+            while (event := await client.read_event()) is not None:
+                if Transcript.is_type(event.type):
+                    assert voiced_sent is not None
+                    return time.monotonic() - voiced_sent
+        finally:
+            sender.cancel()
+    raise AssertionError("no transcript")
+
+
+async def test_latency_from_the_last_voiced_frame_satellite_to_mqtt_and_wyoming_client(
+    tmp_path: Path, satellite_env: Path
+) -> None:
+    """Figures for docs/satellites.md (printed, not asserted): from the microphone chunk that holds the last
+    voiced sample to the transcript, for a local-wake satellite (on MQTT) and a Wyoming client (its answer)."""
+    commands = COMMANDS[:3]
+    satellite_figures: list[float] = []
+    wyoming_figures: list[float] = []
+    with WakeService(satellite_env, tmp_path) as wake, Satellite(satellite_env, tmp_path, "kitchen", wake.uri) as sat:
+        async with (
+            broker(tmp_path) as watcher,
+            running_daemon({**config(tmp_path, watcher.mosquitto, [sat]), "endpointing": {"enabled": True}}) as daemon,
+        ):
+            await until(lambda: link_state(daemon, "kitchen") == "connected", 20, "the satellite connected")
+            for command in commands:
+                lead = silence(400) + speech("okay nabu", speed=150) + silence(700)
+                last_voiced = (len(lead) + len(speech(command, speed=125))) // 2 - 1
+                await speak_and_hear(watcher, sat, command)
+                started = float(next(sat.queue.glob("*.started")).read_text())
+                for stamp in sat.queue.glob("*.started"):
+                    stamp.unlink()
+                written = started + (last_voiced // CHUNK_SAMPLES) * CHUNK_SAMPLES / 16000
+                arrived = next(
+                    at
+                    for (topic, _), at in zip(watcher.messages, watcher.arrivals, strict=True)
+                    if topic == "transcript" and at > started
+                )
+                satellite_figures.append(arrived - written)
+                await until(lambda: link_state(daemon, "kitchen") == "connected", 10, "idle again")
+            assert daemon.port is not None
+            for command in commands:
+                pcm = silence(400) + speech(command, speed=125) + silence(2500)
+                wyoming_figures.append(
+                    await wyoming_latency(daemon.port, pcm, (400 * 32 + len(speech(command, speed=125))) // 2 - 1)
+                )
+    satellite_figures.sort()
+    wyoming_figures.sort()
+    print(
+        f"\nlast voiced frame → transcript: satellite → MQTT {[round(f * 1000) for f in satellite_figures]} ms; "
+        f"Wyoming client {[round(f * 1000) for f in wyoming_figures]} ms"
+    )
+    assert [t for t in transcripts(watcher) if t[0] == "satellite:kitchen"] == [
+        ("satellite:kitchen", c) for c in commands
+    ]
