@@ -193,7 +193,6 @@ class SatelliteLink:
                 describing.reschedule(None)
             identity = protocol.identity
             self.connections += 1
-            self._last_refusal = None
             version = identity.version or "1.0 (no version in info)"
             _LOGGER.info("satellite %s: connected to %r, version %s", self.settings.name, identity.name, version)
             self._set_state(CONNECTED, identity.name)
@@ -211,7 +210,7 @@ class SatelliteLink:
             await self._execute_lost(protocol)
             await self._stop_wake()
             self._writer = None
-            if asyncio.current_task() is not None and _cancelling():
+            if _cancelling():
                 # The daemon is stopping: satellites that know pause-satellite stop streaming at once.
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1.0):
@@ -251,6 +250,7 @@ class SatelliteLink:
             elif isinstance(action, ToWake):
                 await self._to_wake(action.event)
             elif isinstance(action, StartCommand):
+                self._last_refusal = None  # a refusal after this one is news again
                 self._command = self.commands(self.settings)
                 self._announced_speech = False
                 self._set_state(STREAMING, f"wake word {action.wake_word}" if action.wake_word else "wake word")
@@ -351,9 +351,7 @@ class SatelliteLink:
                 await task
 
     def _set_state(self, state: str, message: str) -> None:
-        if state == self.state and state != UNAVAILABLE:
-            return
-        if state == UNAVAILABLE and self.state == UNAVAILABLE:
+        if state == self.state:
             return
         self.state = state
         self.bus.publish(AsrEvent(EventKind.STATE, self.source, state=state, message=message))
