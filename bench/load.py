@@ -47,12 +47,18 @@ class StreamResult:
     audio_seconds: float
     # Seconds from the first audio sent to the first partial (None: no partial came).
     first_partial: float | None = None
-    # Seconds from the end of audio to the final answer (None: failed).
+    # Seconds from the end of audio to the final answer (None: failed); felt-latency streams: from the moment
+    # the piece holding the last voiced frame was sent.
     latency: float | None = None
     text: str | None = None
     error: str | None = None
     # The text the emulator was scripted with; a different answer is counted as wrong.
     expected: str = ""
+    # Felt-latency streams: whether the answer came before the client ended its audio (audio-stop, or the
+    # direct client's end-of-stream), i.e. the end of speech was found for it.
+    early: bool | None = None
+    # Felt-latency streams: the audio seconds actually sent (an early answer stops the upload).
+    sent_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,9 +71,8 @@ class StreamResult:
 async def _pace(started: float, sent_bytes: int, pace: float) -> None:
     """Sleep until ``sent_bytes`` of audio have been 'spoken' since ``started`` (pace 1 = real time)."""
     due = started + sent_bytes / BYTES_PER_SECOND / pace
-    delay = due - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    # A client running late still lets its reader run between pieces (an answer stops the upload).
+    await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
 class _Collect:
@@ -186,6 +191,181 @@ async def daemon_stream(
         result.error = result.error or "timeout"
     except OSError as exc:
         result.error = result.error or f"connection failed: {exc}"
+    return result
+
+
+async def felt_daemon_stream(
+    port: int,
+    case: VendorCase,
+    pcm: bytes,
+    *,
+    path: str,
+    voiced_end: int,
+    stop_after: int | None,
+    piece_bytes: int,
+    pace: float,
+    slot: int,
+    iteration: int,
+    encoded: list[bytes],
+) -> StreamResult:
+    """One request as Home Assistant 2026.11 makes it: audio uploaded at real-time pace while events are read,
+    the upload stopped (and the connection closed) at the first ``transcript`` or ``error``. Without an early
+    answer the client sends ``audio-stop`` after ``stop_after`` bytes (its own VAD), or at the end of its audio.
+
+    The latency runs from sending the piece that holds the last voiced frame to reading the transcript."""
+    result = StreamResult(path, case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
+    end = len(pcm) if stop_after is None else min(len(pcm), stop_after)
+    voiced_at = answered_at = 0.0
+    answered = asyncio.Event()
+    try:
+        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+
+                async def read() -> None:
+                    nonlocal answered_at
+                    while not answered.is_set():
+                        event = await async_read_event(reader)
+                        if event is None:
+                            result.error = "connection closed without an answer"
+                        elif Transcript.is_type(event.type):
+                            answered_at = time.monotonic()
+                            result.text = Transcript.from_event(event).text
+                        elif Error.is_type(event.type):
+                            error = Error.from_event(event)
+                            result.error = f"{error.code}: {error.text}"
+                        else:
+                            continue
+                        answered.set()
+
+                receiver = asyncio.create_task(read())
+                try:
+                    writer.write(encode(Transcribe(language=case.language).event()))
+                    writer.write(encode(AudioStart(rate=RATE, width=WIDTH, channels=CHANNELS).event()))
+                    await writer.drain()
+                    started = time.monotonic()
+                    for index, chunk in enumerate(encoded):
+                        offset = index * piece_bytes
+                        if offset >= end:
+                            break
+                        await _pace(started, min(offset + piece_bytes, len(pcm)), pace)
+                        if answered.is_set():
+                            break
+                        writer.write(chunk)
+                        await writer.drain()
+                        result.sent_seconds = min(offset + piece_bytes, len(pcm)) / BYTES_PER_SECOND
+                        if not voiced_at and offset + piece_bytes >= voiced_end:
+                            voiced_at = time.monotonic()
+                    result.early = answered.is_set()
+                    if not answered.is_set():
+                        writer.write(_AUDIO_STOP)
+                        await writer.drain()
+                    await answered.wait()
+                finally:
+                    receiver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await receiver
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+    except TimeoutError:
+        result.error = result.error or "timeout"
+    except OSError as exc:
+        # A server that closes right after its answer may break a write still under way: the answer counts.
+        if not answered_at:
+            result.error = result.error or f"connection failed: {exc}"
+    if answered_at and voiced_at and result.error is None:
+        result.latency = answered_at - voiced_at
+    return result
+
+
+async def felt_direct_stream(
+    adapter: VendorAdapter,
+    case: VendorCase,
+    pcm: bytes,
+    *,
+    voiced_end: int,
+    piece_bytes: int,
+    pace: float,
+    slot: int,
+    iteration: int,
+) -> StreamResult:
+    """The same audio straight to the vendor: the moment the vendor's own final covers the whole command.
+
+    Pieces are passed on in the codec's message size as they are "spoken"; the upload stops once the finals
+    so far make up the command (the vendor found the end of speech itself). A vendor that waits for the end of
+    audio gets the end-of-stream message after the last piece, and its completion ends the stream."""
+    result = StreamResult("vendor", case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
+    options = StreamOptions(language=case.language, session_id=f"felt-{slot}-{iteration}")
+    stream = VendorStream(adapter, options)
+    size = stream.codec.chunk_bytes
+    voiced_at = final_at = 0.0
+    segments: list[str] = []
+    answered = asyncio.Event()
+
+    async def receive() -> None:
+        nonlocal final_at
+        while not answered.is_set():
+            event = await stream.events.get()
+            if isinstance(event, FinalResult):
+                segments.append(event.text)
+                final_at = time.monotonic()
+                if join_segments(case.language, segments) != case.text:
+                    continue
+            elif isinstance(event, VendorError):
+                result.error = f"vendor: {event.message}"
+            elif not isinstance(event, StreamCompleted):
+                continue
+            answered.set()
+
+    receiver = asyncio.create_task(receive())
+    try:
+        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
+            started = time.monotonic()
+            connecting = asyncio.create_task(stream.connect())
+            buffer = bytearray()
+            try:
+                for offset in range(0, len(pcm), piece_bytes):
+                    piece = pcm[offset : offset + piece_bytes]
+                    await _pace(started, offset + len(piece), pace)
+                    if answered.is_set():
+                        break
+                    buffer += piece
+                    result.sent_seconds = (offset + len(piece)) / BYTES_PER_SECOND
+                    if not voiced_at and offset + piece_bytes >= voiced_end:
+                        voiced_at = time.monotonic()
+                    if connecting.done() and stream.ready:
+                        connecting.result()
+                        while len(buffer) >= size:
+                            await stream.send_audio(bytes(buffer[:size]))
+                            del buffer[:size]
+                result.early = answered.is_set()
+                if not answered.is_set():
+                    await connecting
+                    await stream.wait_ready()
+                    while buffer:
+                        await stream.send_audio(bytes(buffer[:size]))
+                        del buffer[:size]
+                    await stream.end()
+                    await answered.wait()
+                result.text = join_segments(case.language, segments)
+                if final_at and voiced_at and result.error is None:
+                    result.latency = final_at - voiced_at
+            finally:
+                if not connecting.done():
+                    connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+    except VendorFailure as failure:
+        result.error = f"vendor: {failure.error.message}"
+    except TimeoutError:
+        result.error = result.error or "timeout"
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        await stream.aclose()
     return result
 
 

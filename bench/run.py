@@ -38,8 +38,9 @@ from .daemon_process import (
 )
 from .floor import FloorReceiver, running_floor
 from .load import StreamResult, describe_round_trip
-from .plan import PRESETS, LevelRun, Plan, Run
-from .scenario import CASES, cases_for, daemon_config, speech_for
+from .plan import PRESETS, FeltRun, LevelRun, Plan, Run
+from .report import FELT_MODES
+from .scenario import CASES, cases_for, daemon_config, endpointing_supported, felt_speech_for, speech_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -140,9 +141,11 @@ async def run_level(
     *,
     iterations: int | None = None,
     pace: float | None = None,
+    piece: int | None = None,
     profiled: bool = True,
 ) -> LevelRun:
     iterations = iterations or plan.iterations(level)
+    piece = piece or plan.piece_bytes
     sampler = Sampler(daemon.pid)
     describes: list[float] = []
     # Describe probes cost the daemon CPU too: none at one stream (the idle figure covers describe there).
@@ -154,7 +157,7 @@ async def run_level(
     machine, own = machine_busy_seconds(), own_cpu_seconds()
     started = time.monotonic()
     try:
-        command = {"level": level, "iterations": iterations, "pace": pace or plan.pace, "piece": plan.piece_bytes}
+        command = {"level": level, "iterations": iterations, "pace": pace or plan.pace, "piece": piece}
         answer = await clients.ask(command)
     finally:
         wall = time.monotonic() - started
@@ -182,6 +185,7 @@ async def run_level(
         clients_loop_lag=answer["lag"],
         emulators_loop_lag=emulator_lag,
         profile=profile,
+        piece_bytes=piece,
     )
 
 
@@ -228,9 +232,12 @@ async def run(plan: Plan) -> Run:
     if not cases:
         raise SystemExit(f"bench: no vendor selected (known: {', '.join(c.vendor for c in CASES)})")
     for case in cases:
-        speech_for(case)  # made (and cached) once here, before the helpers read it
+        # Made (and cached) once here, before the helpers read it.
+        speech_for(case)
+        felt_speech_for(case, plan.felt_tail_seconds)
     result = Run(plan=plan, environment=environment())
-    max_sessions = min(1024, max(64, 2 * max(plan.levels) + 16))
+    # The load daemon also serves the felt section's Home Assistant-VAD clients.
+    max_sessions = min(1024, max(64, 2 * max(plan.levels + plan.felt_levels) + 16))
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
         workdir = plan.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,8 @@ async def run(plan: Plan) -> Run:
             vendors: dict[str, dict[str, Any]] = await emulators.ask(timeout=60)
             _say(f"start-up: {plan.startups} cold start(s) of the daemon")
             result.startups = await measure_startups(plan, vendors, workdir)
-            daemon = await start_daemon(daemon_config(free_port(), vendors, max_sessions), workdir, "daemon")
+            config = daemon_config(free_port(), vendors, max_sessions, endpointing=False)
+            daemon = await start_daemon(config, workdir, "daemon")
             clients: Worker | None = None
             try:
                 result.idle = await measure_idle(plan, daemon)
@@ -260,6 +268,19 @@ async def run(plan: Plan) -> Run:
                             await measure_floor(plan, level_run, floor, clients)
                         result.levels.append(level_run)
                         _say("  " + report.level_line(level_run))
+                    for piece in plan.other_piece_bytes:
+                        for level in (n for n in plan.other_piece_levels if piece != plan.piece_bytes):
+                            _say(f"level {level}, {piece}-byte chunks: CPU and added latency")
+                            level_run = await run_level(
+                                plan, level, daemon, clients, emulators, workdir,
+                                iterations=plan.other_piece_iterations(level), piece=piece, profiled=False,
+                            )  # fmt: skip
+                            if floor is not None:
+                                await measure_floor(plan, level_run, floor, clients)
+                            result.other_pieces.append(level_run)
+                            _say("  " + report.level_line(level_run))
+                if plan.felt_levels:
+                    await measure_felt(plan, result, vendors, daemon, clients, workdir)
                 await asyncio.sleep(plan.idle_seconds)
                 result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
             except BaseException:
@@ -282,11 +303,69 @@ async def run(plan: Plan) -> Run:
     return result
 
 
+async def measure_felt(
+    plan: Plan, result: Run, vendors: dict[str, dict[str, Any]], daemon: DaemonProcess, clients: Worker, workdir: Path
+) -> None:
+    """What users feel, three modes side by side at each felt level: a second daemon with endpointing on, the
+    load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client."""
+    supported = endpointing_supported()
+    if not supported:
+        _say("felt latency: this daemon has no endpointing setting; its mode runs without it")
+    max_sessions = min(1024, max(64, 2 * max(plan.felt_levels) + 16))
+    config = daemon_config(free_port(), vendors, max_sessions, endpointing=True)
+    endpointing = await start_daemon(config, workdir, "daemon-endpointing")
+    ports = {"endpointing": endpointing.port, "ha-vad": daemon.port}
+    try:
+        base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
+        modes = list(FELT_MODES)
+        # The new daemon's first utterance per vendor imports its codec: not measured.
+        await clients.ask({**base, "modes": modes, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0})
+        for level in plan.felt_levels:
+            iterations = plan.felt_iterations(level)
+            # One client of each mode at once loads nothing; at N streams each mode runs alone, so that each sees
+            # N streams (and the emulators N, not 3N).
+            rounds = [modes] if level == 1 else [[mode] for mode in modes]
+            _say(f"felt latency, level {level}: {' then '.join('+'.join(r) for r in rounds)}, x {iterations} each")
+            results: list[StreamResult] = []
+            cpu = wall = 0.0
+            for round_modes in rounds:
+                command = {**base, "modes": round_modes, "level": level, "iterations": iterations, "pace": plan.pace}
+                before = cpu_seconds(endpointing.pid)
+                started = time.monotonic()
+                answer = await clients.ask(command)
+                if "endpointing" in round_modes:
+                    wall = time.monotonic() - started
+                    cpu = cpu_seconds(endpointing.pid) - before
+                results += [StreamResult(**stream) for stream in answer["results"]]
+            felt = FeltRun(
+                level=level,
+                iterations=iterations,
+                results=results,
+                endpointing_supported=supported,
+                endpointing_cpu_seconds=cpu,
+                endpointing_audio_seconds=_sent_seconds(results, "endpointing"),
+                wall_seconds=wall,
+            )
+            result.felt.append(felt)
+            _say("  " + report.felt_line(felt))
+    except BaseException:
+        print(endpointing.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        await endpointing.stop()
+        result.felt_log_errors = _log_errors(endpointing)
+
+
+def _sent_seconds(results: list[StreamResult], path: str) -> float:
+    """Audio seconds the clients of ``path`` sent (an early answer stops the upload)."""
+    return sum(result.sent_seconds or 0.0 for result in results if result.path == path)
+
+
 async def measure_floor(plan: Plan, level: LevelRun, floor: FloorReceiver, clients: Worker) -> None:
     """The level's chunks, at its pace and concurrency, sent to a process that only receives them (floor.py)."""
     command = {
         "floor": floor.port, "level": level.level, "seconds": plan.floor_seconds, "pace": plan.pace,
-        "piece": plan.piece_bytes,
+        "piece": level.piece_bytes,
     }  # fmt: skip
     before = await floor.cpu_seconds()
     answer = await clients.ask(command)
@@ -331,7 +410,9 @@ def _say(text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default, ~5 min), quick, tiny")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="full", help="full (default, ~9 min), quick (~4 min), tiny"
+    )
     parser.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     parser.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="same as --preset tiny")
     parser.add_argument("--levels", help="concurrency levels, e.g. 1,10,50,100,150")
@@ -340,7 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-single", type=int, help="streams per path at level 1")
     parser.add_argument("--pace", type=float, help="1 = real time (default)")
     parser.add_argument(
-        "--piece-bytes", type=int, help="bytes per audio-chunk (default 1024; Home Assistant's pipeline sends 320)"
+        "--piece-bytes", type=int, help="bytes per audio-chunk (default 320: the 10 ms Home Assistant's pipeline sends)"
+    )
+    parser.add_argument(
+        "--other-piece-bytes",
+        help="more chunk sizes measured at levels 1 and 50 for CPU and added latency (default 1024; '' for none)",
+    )
+    parser.add_argument(
+        "--felt-levels", help="levels of the felt-latency section, three modes side by side (default 1,50; '' skips)"
     )
     parser.add_argument(
         "--floor-seconds", type=float, help="seconds per level of the wake-up floor's measurement (0: skip it)"
@@ -357,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, Any] = {}
     if args.levels:
         changes["levels"] = tuple(int(level) for level in args.levels.split(","))
+    if args.other_piece_bytes is not None:
+        changes["other_piece_bytes"] = _numbers(args.other_piece_bytes)
+    if args.felt_levels is not None:
+        changes["felt_levels"] = _numbers(args.felt_levels)
     if args.vendors:
         changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
     for name in ("samples", "samples_single", "pace", "piece_bytes", "floor_seconds"):
@@ -374,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
     print(json.dumps(summary["budgets"], indent=1, ensure_ascii=False))
     return 0 if summary["clean"] else 1
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def _replace(plan: Plan, **changes: Any) -> Plan:

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import Emulator, EmulatorOptions
 from asr_daemon.emulators.iapp import IAppEmulator
@@ -20,6 +22,9 @@ from tests.support.speech import utterance
 API_KEY = "bench-key"
 RATE, WIDTH, CHANNELS = 16000, 2, 1
 BYTES_PER_SECOND = RATE * WIDTH * CHANNELS
+# A 10 ms frame is voiced when its RMS reaches this (about −40 dBFS, the emulators' own speech threshold).
+VOICED_RMS = 300.0
+FRAME_BYTES = BYTES_PER_SECOND // 100
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,26 @@ def speech_for(case: VendorCase, *, lead_ms: int = 300, tail_ms: int = 800) -> b
     return utterance(case.text, voice=case.voice, speed=175, lead_ms=lead_ms, tail_ms=tail_ms)
 
 
+def felt_speech_for(case: VendorCase, tail_seconds: float) -> bytes:
+    """The command followed by seconds of silence: what a microphone hears until someone ends the request."""
+    return speech_for(case, tail_ms=round(tail_seconds * 1000))
+
+
+def voiced_end(pcm: bytes) -> int:
+    """Byte offset just after the last voiced 10 ms frame (0 for silence)."""
+    frames = len(pcm) // FRAME_BYTES
+    samples = np.frombuffer(pcm[: frames * FRAME_BYTES], dtype="<i2").astype(np.float64).reshape(frames, -1)
+    voiced = np.flatnonzero(np.sqrt((samples**2).mean(axis=1)) >= VOICED_RMS)
+    return 0 if voiced.size == 0 else int(voiced[-1] + 1) * FRAME_BYTES
+
+
+def endpointing_supported() -> bool:
+    """Whether this daemon has the ``endpointing`` settings (before it, the section is refused as unknown)."""
+    from asr_daemon.settings import Settings
+
+    return "endpointing" in Settings.model_fields
+
+
 def cases_for(vendors: tuple[str, ...]) -> tuple[VendorCase, ...]:
     return tuple(case for case in CASES if case.vendor in vendors)
 
@@ -59,14 +84,23 @@ def vendor_adapter(vendor: str, settings: dict[str, Any]) -> VendorAdapter:
     return cls(cls.settings_model.model_validate(settings))
 
 
-def daemon_config(port: int, vendors: dict[str, dict[str, Any]], max_sessions: int) -> dict[str, Any]:
-    """The daemon's config: 127.0.0.1 only, every vendor on its emulator, logging as shipped (info, human)."""
-    return {
+def daemon_config(
+    port: int, vendors: dict[str, dict[str, Any]], max_sessions: int, *, endpointing: bool | None = None
+) -> dict[str, Any]:
+    """The daemon's config: 127.0.0.1 only, every vendor on its emulator, logging as shipped (info, human).
+
+    ``endpointing`` None keeps the daemon's default (start-up and idle figures are for the daemon as shipped).
+    The load daemon has it off: its added latency is timed from ``audio-stop``, which a transcript sent at the end
+    of speech would precede. A daemon without the setting runs as it is (no endpointing)."""
+    config: dict[str, Any] = {
         "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
         "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
         "log": {"level": "info", "format": "human"},
         "vendors": vendors,
     }
+    if endpointing is not None and endpointing_supported():
+        config["endpointing"] = {"enabled": endpointing}
+    return config
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import statistics
 from multiprocessing.connection import Connection
 from typing import Any
@@ -18,8 +19,30 @@ from typing import Any
 from asr_daemon.vendors.base import VendorAdapter
 
 from .daemon_process import own_cpu_seconds
-from .load import LoopLag, StreamResult, chunk_stream, daemon_stream, direct_stream, encode_utterance, run_slot
-from .scenario import BYTES_PER_SECOND, VendorCase, cases_for, running_emulators, speech_for, vendor_adapter
+from .load import (
+    LoopLag,
+    StreamResult,
+    chunk_stream,
+    daemon_stream,
+    direct_stream,
+    encode_utterance,
+    felt_daemon_stream,
+    felt_direct_stream,
+    run_slot,
+)
+from .scenario import (
+    BYTES_PER_SECOND,
+    VendorCase,
+    cases_for,
+    felt_speech_for,
+    running_emulators,
+    speech_for,
+    vendor_adapter,
+    voiced_end,
+)
+
+# Home Assistant's own VAD ends the command after this much silence (its default), then sends audio-stop.
+HA_VAD_SILENCE_SECONDS = 0.7
 
 
 async def _receive(conn: Connection) -> Any:
@@ -30,6 +53,13 @@ async def _receive(conn: Connection) -> Any:
         return None
 
 
+def _freeze() -> None:
+    """What set-up built out of the collector's sight, as the daemon does: a full collection during a level
+    would otherwise pause every client (or emulator) at once for tens of ms and blur both paths' timings."""
+    gc.collect()
+    gc.freeze()
+
+
 def emulators_main(conn: Connection, vendors: tuple[str, ...]) -> None:
     asyncio.run(_emulators(conn, vendors))
 
@@ -38,6 +68,7 @@ async def _emulators(conn: Connection, vendors: tuple[str, ...]) -> None:
     lag = LoopLag()
     lag.start()
     async with running_emulators(cases_for(vendors)) as emulators:
+        _freeze()
         conn.send({vendor: emulators.vendor_settings(vendor) for vendor in vendors})
         while True:
             message = await _receive(conn)
@@ -58,6 +89,7 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
     speech = {case.vendor: speech_for(case) for case in cases}
     adapters = {vendor: vendor_adapter(vendor, settings) for vendor, settings in vendors.items()}
     encoded: dict[tuple[str, int], list[bytes]] = {}
+    _freeze()
     conn.send("ready")
     while True:
         command = await _receive(conn)
@@ -73,6 +105,9 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
         step = mean_seconds / level
         if "floor" in command:
             conn.send(await _floor(command["floor"], cases, speech, encoded, command, step))
+            continue
+        if "felt" in command:
+            conn.send(await _felt(command, cases, adapters))
             continue
         iterations = command["iterations"]
         through_daemon = functools.partial(_through_daemon, port, speech, encoded, piece, pace)
@@ -92,6 +127,48 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
                 "cpu_seconds": cpu,
             }
         )
+
+
+async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters: dict[str, VendorAdapter]) -> Any:
+    """What users feel, three modes side by side: N clients of each at once (see ``bench.report``)."""
+    level, pace, piece, iterations = command["level"], command["pace"], command["piece"], command["iterations"]
+    ports: dict[str, int] = command["felt"]
+    speech = {case.vendor: felt_speech_for(case, command["tail_seconds"]) for case in cases}
+    voiced = {vendor: voiced_end(pcm) for vendor, pcm in speech.items()}
+    encoded = {vendor: encode_utterance(pcm, piece) for vendor, pcm in speech.items()}
+    ha_vad = round(HA_VAD_SILENCE_SECONDS * BYTES_PER_SECOND)
+
+    async def endpointing(case: VendorCase, slot: int, iteration: int) -> StreamResult:
+        return await felt_daemon_stream(
+            ports["endpointing"], case, speech[case.vendor], path="endpointing", voiced_end=voiced[case.vendor],
+            stop_after=None, piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
+            encoded=encoded[case.vendor],
+        )  # fmt: skip
+
+    async def with_ha_vad(case: VendorCase, slot: int, iteration: int) -> StreamResult:
+        return await felt_daemon_stream(
+            ports["ha-vad"], case, speech[case.vendor], path="ha-vad", voiced_end=voiced[case.vendor],
+            stop_after=voiced[case.vendor] + ha_vad, piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
+            encoded=encoded[case.vendor],
+        )  # fmt: skip
+
+    async def vendor(case: VendorCase, slot: int, iteration: int) -> StreamResult:
+        return await felt_direct_stream(
+            adapters[case.vendor], case, speech[case.vendor], voiced_end=voiced[case.vendor], piece_bytes=piece,
+            pace=pace, slot=slot, iteration=iteration,
+        )  # fmt: skip
+
+    # Slots start spread over one utterance; modes that run together are a fraction of a step apart.
+    step = statistics.fmean(len(pcm) / BYTES_PER_SECOND for pcm in speech.values()) / pace / level
+    runners = {"endpointing": endpointing, "ha-vad": with_ha_vad, "vendor": vendor}
+    modes: list[str] = command["modes"]
+    slots = [
+        run_slot(runners[mode], cases, slot, iterations, (slot + shift / len(modes)) * step)
+        for shift, mode in enumerate(modes)
+        for slot in range(level)
+    ]
+    per_slot = await asyncio.gather(*slots)
+    return {"results": [result.to_json() for results in per_slot for result in results]}
 
 
 async def _floor(

@@ -73,6 +73,9 @@ async def test_session_gives_documented_events_and_counts_every_byte() -> None:
         await ws.send("e")
         messages = await until(ws, "e")
     assert messages[-1] == "e"
+    # G (server information, to be ignored) comes after the first audio and after each A, as in the guide's log.
+    assert messages[0] == "G"
+    messages = [m for m in messages if m != "G"]
     tags = [m.split(" ", 1)[0] for m in messages]
     assert tags[:2] == ["S", "C"]
     assert tags.count("A") == 2 and tags.count("S") == 2 and tags.count("E") == 2
@@ -282,6 +285,7 @@ async def test_audio_without_speech_is_cut_after_the_limit() -> None:
         await ws.send(START)
         assert await next_text(ws) == "s"
         await send_audio(ws, quiet(500))
+        assert await next_text(ws) == "G"
         assert await next_text(ws) == "p can't feed audio data to recognizer server"
         # The session is over: more audio is refused, and a new s starts again.
         await ws.send(b"p" + quiet(10))

@@ -153,7 +153,8 @@ async def test_two_sentences_get_interims_finals_and_a_close_without_close_frame
 
 async def test_final_result_wire_format() -> None:
     async with emulator(EmulatorOptions(script=["Gott að heyra."])) as emu:
-        reply = await exchange(emu, config_message(), *audio_messages(silence(500) + tone(900)), END)
+        config = config_message({"interimResults": False})
+        reply = await exchange(emu, config, *audio_messages(silence(500) + tone(900)), END)
     (message,) = reply.messages
     assert message == {
         "result": {

@@ -218,7 +218,7 @@ async def test_vendor_error_at_start_is_transient_and_carries_the_message() -> N
 
 
 async def test_vendor_error_frame_mid_stream_carries_the_message() -> None:
-    async with TiroEmulator(EmulatorOptions(script=SCRIPT), interim_interval=0).running() as emu:
+    async with TiroEmulator(EmulatorOptions(script=SCRIPT), interim_interval=0, decode_speed=0).running() as emu:
         stream = VendorStream(adapter(emu.url), OPTIONS)
         await stream.connect()
         await stream_audio(stream, utterance("hello there", tail_ms=0))

@@ -293,8 +293,8 @@ async def test_default_scripts_follow_the_pipeline() -> None:
 # -- strictness about client messages ---------------------------------------------------------------------
 
 
-async def test_audio_before_the_greeting_breaks_the_connection() -> None:
-    async with emulator(greeting_delay=0.5) as emu:
+async def test_audio_before_the_greeting_breaks_the_connection_under_the_documented_rule() -> None:
+    async with emulator(greeting_delay=0.5, early_audio="disconnect") as emu:
         async with opened(emu, await token(emu)) as ws:
             await ws.send(tone(60))
             messages = await read_until_closed(ws)
@@ -304,8 +304,9 @@ async def test_audio_before_the_greeting_breaks_the_connection() -> None:
         assert emu.streams[0].pcm_bytes == 1920
 
 
-async def test_audio_before_the_greeting_can_be_tolerated() -> None:
-    async with emulator(greeting_delay=0.3, early_audio="accept") as emu:
+async def test_audio_before_the_greeting_is_recognised_and_noted() -> None:
+    # The vendor's SDK streams as soon as the socket opens, so the service evidently accepts it.
+    async with emulator(greeting_delay=0.3) as emu:
         async with opened(emu, await token(emu)) as ws:
             await send_in_chunks(ws, TWO_SENTENCES)
             await greeted(ws)
@@ -313,7 +314,8 @@ async def test_audio_before_the_greeting_can_be_tolerated() -> None:
             finals = [m["pipe"] for m in await read_until_eof(ws) if m["pipe"].get("asr_final")]
         assert [f["asr_sentence"] for f in finals] == SCRIPT
         record = emu.streams[0]
-        assert record.violations and all("before session_started" in v for v in record.violations)
+        assert record.violations == []
+        assert len(record.notes) == 1 and "before session_started" in record.notes[0]
         assert record.pcm_bytes == len(TWO_SENTENCES)
 
 
@@ -337,7 +339,7 @@ async def test_the_language_switch_is_the_one_text_frame_allowed() -> None:
         assert emu.streams[0].violations == []
 
 
-async def test_odd_and_oversized_frames_are_violations() -> None:
+async def test_odd_frames_are_violations_oversized_ones_notes() -> None:
     async with emulator() as emu:
         async with opened(emu, await token(emu)) as ws:
             await greeted(ws)
@@ -345,10 +347,11 @@ async def test_odd_and_oversized_frames_are_violations() -> None:
             await ws.send(bytes(4000))
             await ws.send(b"")
             await read_until_eof(ws)
-        violations = emu.streams[0].violations
-        assert len(violations) == 2
-        assert "1001 bytes is not whole 16-bit samples" in violations[0]
-        assert "4000 bytes" in violations[1]
+        record = emu.streams[0]
+        assert len(record.violations) == 1
+        assert "1001 bytes is not whole 16-bit samples" in record.violations[0]
+        # The vendor's SDK sends whatever its audio callback got: frames above 2000 bytes are accepted.
+        assert len(record.notes) == 1 and "above the documented 2000 bytes" in record.notes[0]
 
 
 async def test_anything_after_the_end_frame_is_a_violation() -> None:

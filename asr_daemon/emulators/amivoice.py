@@ -10,7 +10,12 @@ The wire, as documented:
 * ``e`` (text) ends the session: the remaining ``E``/``A`` events, then ``e``. A new ``s`` may follow on the
   same connection (it starts a new stream record).
 * Events: ``S <ms>`` and ``C`` when an utterance starts, ``U <json>`` with the revealed words plus the dummy
-  ``...`` token, ``E <ms>`` and ``A <json>`` (the full documented shape) when it ends.
+  ``...`` token, ``E <ms>`` and ``A <json>`` (the full documented shape) when it ends. A bare ``G`` (server
+  information, to be ignored) after a session's first audio and after each ``A``, where the guide's log shows it.
+* ``8K``/``16K`` (audio with a file header): a RIFF/WAVE header at the start of the session's audio is not
+  recognised as speech; other containers are noted and taken as raw PCM.
+* AmiVoice's own Wrp library sends no ``Sec-WebSocket-Version`` and does not mask its frames: both are
+  accepted and noted (the service evidently accepts them), not refused as RFC 6455 says.
 * 60 s without any client message: unsolicited ``e timeout occurred`` (``… while recognizing audio data from
   client`` once audio flowed), then the connection closes. 600 s of audio without speech:
   ``p can't feed audio data to recognizer server`` and the session is over (``no_speech_limit_ms``).
@@ -18,7 +23,9 @@ The wire, as documented:
 Choices where the vendor publishes nothing (the protocol page's "where the documents are silent"): the checks
 run in the order authorization, audio format, grammar; a missing or unknown engine is answered ``s received
 illegal grammar file names``; a malformed command (bad quoting, a text ``p``, a second ``s`` or an ``e``
-outside a session) is answered ``<tag> received illegal command``. Every client mistake is also recorded as a
+outside a session) is answered ``<tag> received illegal command``; a ``p`` outside a session (none started, or
+the ``s`` refused) is answered ``p can't feed audio data to recognizer server``. What the service answers to
+``p`` and ``e`` after a refused ``s`` is a guess. Every client mistake is also recorded as a
 violation; a wrong key or an unknown engine is a configuration error, not a protocol violation, so it is
 answered but not recorded.
 
@@ -34,6 +41,7 @@ import http
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,7 +50,9 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .base import (
+    ClientTolerance,
     Emulator,
+    EmulatorOptions,
     Fault,
     ScriptedRecognizer,
     SegmentFinal,
@@ -50,6 +60,7 @@ from .base import (
     SegmentStarted,
     SimEvent,
     StreamRecord,
+    WavHeaderStripper,
     tokens_of,
 )
 
@@ -102,6 +113,8 @@ FEED_ERROR = "can't feed audio data to recognizer server"
 IDLE_BEFORE_AUDIO = "timeout occurred"
 IDLE_DURING_AUDIO = "timeout occurred while recognizing audio data from client"
 AUDIO_TAG = 0x70  # 'p'
+# Audio formats that carry a file header (the rest are headerless PCM or G.711).
+HEADER_FORMATS = frozenset({"8k", "16k"})
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -213,9 +226,11 @@ def parameter_problems(parameters: dict[str, str]) -> list[str]:
 # Result documents
 
 
-def interim_document(text: str) -> str:
-    """``U`` payload: the revealed tokens plus AmiVoice's dummy ``...`` token."""
-    words, _ = tokens_of(text)
+def interim_document(text: str, words: Sequence[str] | None = None) -> str:
+    """``U`` payload: the revealed tokens (the sentence's words, not the partial text re-split) plus AmiVoice's
+    dummy ``...`` token."""
+    if words is None:
+        words, _ = tokens_of(text)
     tokens = [{"written": word} for word in words] + [{"written": "..."}]
     shown = text + "..."
     return json.dumps({"results": [{"tokens": tokens, "text": shown}], "text": shown}, separators=(",", ":"))
@@ -270,6 +285,9 @@ class _Session:
 
     recognizer: ScriptedRecognizer
     big_endian: bool
+    # For formats with a file header: drops a WAV header from the session's first audio.
+    header: WavHeaderStripper | None = None
+    audio_seen: bool = False
     last_speech_ms: int = 0
     # Half a big-endian sample split across two p packets.
     carry: bytes = b""
@@ -290,8 +308,14 @@ class AmiVoiceEmulator(Emulator):
     # Japanese is written without spaces, so the recognizer reveals it character by character.
     default_script: ClassVar[tuple[str, ...]] = ("今日はいい天気ですね。", "リビングの電気をつけてください。")
     vendor_idle_timeout: ClassVar[float | None] = 60.0
-    # Audio without detected speech before the vendor stops accepting it (600 s on the real service).
-    no_speech_limit_ms: int = 600_000
+    client_tolerance: ClassVar[ClientTolerance] = ClientTolerance(
+        client="AmiVoice's Wrp library sends it so", missing_version=True, unmasked_frames=True
+    )
+
+    def __init__(self, options: EmulatorOptions | None = None, *, no_speech_limit_ms: int = 600_000) -> None:
+        super().__init__(options)
+        # Audio without detected speech before the vendor stops accepting it (600 s on the real service).
+        self.no_speech_limit_ms = no_speech_limit_ms
 
     @property
     def url(self) -> str:
@@ -390,7 +414,8 @@ class AmiVoiceEmulator(Emulator):
             return None
         await connection.send("s")
         big_endian = audio_format.lower().startswith("msb")
-        return _Session(self.new_recognizer(record), big_endian)
+        header = WavHeaderStripper() if audio_format.lower() in HEADER_FORMATS else None
+        return _Session(self.new_recognizer(record), big_endian, header)
 
     async def _on_audio(
         self, connection: ServerConnection, record: StreamRecord, session: _Session, message: bytes
@@ -404,11 +429,16 @@ class AmiVoiceEmulator(Emulator):
         if not audio:
             self.violation(record, "p packet without audio")
             return True
+        if session.header is not None:
+            audio = self._without_header(record, session.header, audio)
         record.add_pcm(audio)
         if not await self.after_audio(connection, record):
             if self.fault_active(record, Fault.STALL):
                 await self.drain_stalled(connection)
             return None
+        if not session.audio_seen and audio:
+            session.audio_seen = True
+            await connection.send("G")
         recognizer = session.recognizer
         await self._send_events(connection, record, recognizer.feed(session.little_endian(audio)))
         if recognizer.in_speech:
@@ -418,8 +448,21 @@ class AmiVoiceEmulator(Emulator):
             return False
         return True
 
+    def _without_header(self, record: StreamRecord, header: WavHeaderStripper, audio: bytes) -> bytes:
+        known = header.problem is not None
+        audio = header.feed(audio)
+        if header.problem is not None and not known:
+            # Valid for the vendor (other containers, other encodings), only not recognisable here.
+            self._logger.warning("stream %d: audio taken as raw PCM: %s", record.index, header.problem)
+        return audio
+
     async def _on_end(self, connection: ServerConnection, record: StreamRecord, session: _Session) -> None:
         await self.before_final(record)
+        if session.header is not None:
+            held = session.header.flush()
+            if held:
+                record.add_pcm(held)
+                await self._send_events(connection, record, session.recognizer.feed(held))
         await self._send_events(connection, record, session.recognizer.flush())
         await connection.send("e")
         record.completed = True
@@ -430,8 +473,9 @@ class AmiVoiceEmulator(Emulator):
                 await connection.send(f"S {event.start_ms}")
                 await connection.send("C")
             elif isinstance(event, SegmentPartial):
-                await connection.send(f"U {interim_document(event.text)}")
+                await connection.send(f"U {interim_document(event.text, event.words)}")
             elif isinstance(event, SegmentFinal):
                 await connection.send(f"E {event.end_ms}")
                 await connection.send(f"A {final_document(event, new_utterance_id())}")
+                await connection.send("G")
                 record.finals.append(event.text)

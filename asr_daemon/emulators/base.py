@@ -7,8 +7,9 @@ the segment's audio arrives, and the whole sentence is the segment's final. So a
 text gets that exact text back, through every byte of the vendor's wire format.
 
 Each stream is recorded (PCM bytes received, their SHA-256, protocol violations) so tests can prove that
-no audio was lost and that the client spoke the protocol correctly. Fault modes reproduce what real
-vendors do on a bad day.
+no audio was lost and that the client spoke the protocol correctly. What a vendor's own client does against
+the vendor's written protocol is accepted, since the real service evidently accepts it, and recorded as a
+note rather than a violation (``ClientTolerance``). Fault modes reproduce what real vendors do on a bad day.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextvars
 import hashlib
 import logging
 import math
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from typing import Any, ClassVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from ..audio.normalise import AudioFormatError, parse_wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ class EmulatorOptions:
     word_ms: int = 250
     # RMS of a 10 ms frame above which it counts as speech.
     energy_threshold: float = 300.0
+    # Serve wss:// (and https:// for a token endpoint) with this context; None serves plain ws://.
+    tls: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -95,6 +101,8 @@ class StreamRecord:
     pcm_bytes: int = 0
     sha256: Any = field(default_factory=hashlib.sha256)
     violations: list[str] = field(default_factory=list)
+    # Departures from the written protocol that the vendor's own client makes (accepted, as the service does).
+    notes: list[str] = field(default_factory=list)
     messages_in: int = 0
     finals: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
@@ -135,6 +143,8 @@ class SegmentStarted:
 class SegmentPartial:
     text: str
     start_ms: int
+    # The sentence's tokens revealed so far (words; characters for scripts written without spaces).
+    words: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,7 +242,8 @@ class ScriptedRecognizer:
             wanted = min(len(self._words) - 1, self._speech_ms // max(self._options.word_ms, 1) + 1)
             if wanted > self._revealed:
                 self._revealed = wanted
-                events.append(SegmentPartial(self._joiner.join(self._words[:wanted]), self._start_ms))
+                revealed = tuple(self._words[:wanted])
+                events.append(SegmentPartial(self._joiner.join(revealed), self._start_ms, revealed))
         else:
             self._silence_run_ms += FRAME_MS
             if self._silence_run_ms >= self._options.silence_ms:
@@ -266,12 +277,156 @@ class ScriptedRecognizer:
         return SegmentFinal(self._joiner.join(self._words), self._start_ms, end_ms)
 
 
+class WavHeaderStripper:
+    """Drops a RIFF/WAVE header at the start of a stream of audio chunks (clients stream whole WAV files).
+
+    Audio that does not start with ``RIFF`` passes unchanged; a header split across chunks is held until it
+    ends. ``problem`` says why a header could not be parsed (the bytes then pass as audio).
+    """
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._done = False
+        self.stripped = 0
+        self.problem: str | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._done:
+            return data
+        head = self._head + data
+        if len(head) < 12 and b"RIFF".startswith(head[:4]):
+            self._head = head
+            return b""
+        self._head = b""
+        if head[:4] != b"RIFF":
+            self._done = True
+            return head
+        try:
+            parsed = parse_wav_header(head)
+        except AudioFormatError as exc:
+            self._done, self.problem = True, str(exc)
+            return head
+        if parsed is None:
+            self._head = head
+            return b""
+        self._done, self.stripped = True, parsed[1]
+        return head[parsed[1] :]
+
+    def flush(self) -> bytes:
+        """Bytes held back when the stream ended inside what looked like a header."""
+        head, self._head, self._done = self._head, b"", True
+        return head
+
+
 def _rms(frame: bytes) -> float:
     count = len(frame) // 2
     if count == 0:
         return 0.0
     samples = memoryview(frame).cast("h")
     return math.sqrt(sum(s * s for s in samples) / count)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a vendor's own client sends beyond RFC 6455
+
+
+@dataclass(frozen=True)
+class ClientTolerance:
+    """Departures from RFC 6455 that a vendor's own client makes; that vendor's emulator accepts each one
+    and notes it on the stream (every other emulator refuses them, as the ``websockets`` server does)."""
+
+    # Who makes these departures, for the notes ("AmiVoice's Wrp library sends them").
+    client: str = ""
+    # An upgrade request without ``Sec-WebSocket-Version`` (taken as version 13).
+    missing_version: bool = False
+    # Client frames without a mask.
+    unmasked_frames: bool = False
+    # Binary payloads in text frames (taken as binary, without the UTF-8 check).
+    text_as_binary: bool = False
+
+    @property
+    def rewrites_frames(self) -> bool:
+        return self.unmasked_frames or self.text_as_binary
+
+
+class ClientFrameRewriter:
+    """Turns the client's byte stream into what an RFC 6455 server parses, per a ``ClientTolerance``: an
+    unmasked frame gets an all-zero mask (which leaves its payload as it is), a text frame becomes binary.
+    Only frame headers are touched; the HTTP request before them passes unchanged."""
+
+    def __init__(self, tolerance: ClientTolerance) -> None:
+        self._tolerance = tolerance
+        self._in_request = True
+        self._tail = b""
+        self._header = bytearray()
+        self._payload_left = 0
+        self.unmasked = 0
+        self.text_frames = 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        position = 0
+        while position < len(data):
+            if self._in_request:
+                seen = self._tail + data[position:]
+                end = seen.find(b"\r\n\r\n")
+                if end == -1:
+                    self._tail = seen[-3:]
+                    out += data[position:]
+                    break
+                consumed = end + 4 - len(self._tail)
+                out += data[position : position + consumed]
+                position += consumed
+                self._in_request = False
+            elif self._payload_left:
+                take = min(self._payload_left, len(data) - position)
+                out += data[position : position + take]
+                position += take
+                self._payload_left -= take
+            else:
+                self._header.append(data[position])
+                position += 1
+                out += self._complete_header()
+        return bytes(out)
+
+    def _complete_header(self) -> bytes:
+        header = self._header
+        if len(header) < 2:
+            return b""
+        masked = bool(header[1] & 0x80)
+        short_length = header[1] & 0x7F
+        extended = 2 if short_length == 126 else 8 if short_length == 127 else 0
+        if len(header) < 2 + extended + (4 if masked else 0):
+            return b""
+        length = int.from_bytes(header[2 : 2 + extended], "big") if extended else short_length
+        if self._tolerance.text_as_binary and header[0] & 0x0F == 0x1:
+            header[0] = (header[0] & 0xF0) | 0x2
+            self.text_frames += 1
+        if not masked and self._tolerance.unmasked_frames:
+            header[1] |= 0x80
+            header += b"\0\0\0\0"
+            self.unmasked += 1
+        self._payload_left = length
+        rewritten = bytes(header)
+        header.clear()
+        return rewritten
+
+
+class EmulatorConnection(ServerConnection):
+    """A server connection that applies its emulator's ``ClientTolerance`` to what the client sends."""
+
+    tolerance: ClassVar[ClientTolerance] = ClientTolerance()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Departures seen in the upgrade request, for the stream's record.
+        self.handshake_notes: list[str] = []
+        self.frames = ClientFrameRewriter(self.tolerance) if self.tolerance.rewrites_frames else None
+
+    def data_received(self, data: bytes) -> None:
+        if self.frames is not None:
+            data = self.frames.feed(data)
+        super().data_received(data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,6 +442,8 @@ class Emulator(ABC):
     default_script: ClassVar[tuple[str, ...]] = ("hello world",)
     # The vendor's own idle cut in seconds (None: the vendor has none).
     vendor_idle_timeout: ClassVar[float | None] = None
+    # What the vendor's own client sends beyond RFC 6455 (accepted and noted).
+    client_tolerance: ClassVar[ClientTolerance] = ClientTolerance()
 
     def __init__(self, options: EmulatorOptions | None = None) -> None:
         self.options = options or EmulatorOptions()
@@ -307,11 +464,19 @@ class Emulator(ABC):
             await self.stop()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        tolerance = self.client_tolerance
+
+        class Connection(EmulatorConnection):
+            pass
+
+        Connection.tolerance = tolerance
         self._server = await serve(
             self._connection,
             host,
             port,
             process_request=self._process_request,
+            create_connection=Connection,
+            ssl=self.options.tls,
             ping_interval=None,
             max_size=4 << 20,
             compression=None,
@@ -338,7 +503,8 @@ class Emulator(ABC):
 
     @property
     def base_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        scheme = "wss" if self.options.tls is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     @abstractmethod
@@ -367,6 +533,9 @@ class Emulator(ABC):
         record = StreamRecord(index=len(self.streams), pcm=bytearray() if self.options.keep_pcm else None)
         if connection is not None and connection.request is not None:
             record.headers = {k.lower(): v for k, v in connection.request.headers.raw_items()}
+        if isinstance(connection, EmulatorConnection):
+            for text in connection.handshake_notes:
+                self.note(record, text)
         self.streams.append(record)
         return record
 
@@ -380,6 +549,12 @@ class Emulator(ABC):
         """Log a protocol violation by the client and keep it for the tests."""
         record.violations.append(text)
         self._logger.warning("protocol violation in stream %d: %s", record.index, text)
+
+    def note(self, record: StreamRecord, text: str) -> None:
+        """Keep (once) a departure from the written protocol that the vendor's own client makes."""
+        if text not in record.notes:
+            record.notes.append(text)
+            self._logger.info("stream %d departs from the written protocol as accepted: %s", record.index, text)
 
     def new_recognizer(self, record: StreamRecord | None = None) -> ScriptedRecognizer:
         script = self.script
@@ -397,7 +572,19 @@ class Emulator(ABC):
         timeout = self.idle_timeout_for(record)
         message = await asyncio.wait_for(connection.recv(), timeout) if timeout else await connection.recv()
         record.messages_in += 1
+        self.note_frames(connection, record)
         return message
+
+    def note_frames(self, connection: ServerConnection, record: StreamRecord) -> None:
+        """Note the tolerated frame departures the client made so far."""
+        frames = connection.frames if isinstance(connection, EmulatorConnection) else None
+        if frames is None:
+            return
+        client = self.client_tolerance.client
+        if frames.unmasked:
+            self.note(record, f"client frames without a mask ({client})")
+        if frames.text_frames:
+            self.note(record, f"binary payloads in WebSocket text frames ({client})")
 
     async def after_audio(self, connection: ServerConnection, record: StreamRecord) -> bool:
         """Apply DROP/STALL once enough PCM arrived. Returns False when the stream must stop responding."""
@@ -447,7 +634,16 @@ class Emulator(ABC):
     # -- plumbing --------------------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.tolerate_handshake(connection, request)
         return self.authorize(request)
+
+    def tolerate_handshake(self, connection: ServerConnection, request: Request) -> None:
+        """Complete an upgrade request the way the vendor's own client leaves it incomplete."""
+        if self.client_tolerance.missing_version and "Sec-WebSocket-Version" not in request.headers:
+            request.headers["Sec-WebSocket-Version"] = "13"
+            if isinstance(connection, EmulatorConnection):
+                note = f"upgrade request without Sec-WebSocket-Version ({self.client_tolerance.client})"
+                connection.handshake_notes.append(note)
 
     async def _connection(self, connection: ServerConnection) -> None:
         _CONNECTION.set(connection)

@@ -6,7 +6,8 @@ What it does, and the choices made where the vendor's behaviour is not documente
 * The upgrade needs an ``apikey`` header holding one of ``options.api_keys``; otherwise it is refused with
   HTTP 401 "Invalid or missing API key" (the wording of iApp's REST APIs).
 * Binary frames of any size are PCM (16 kHz s16le mono). The only text frame a client may send is
-  ``{"data":{"status":"CloseConnection"}}``. Everything else is a violation: a bad text frame is answered by
+  ``{"data":{"status":"CloseConnection"}}``, or the same with the status iApp's own page words it with,
+  ``"end of stream"`` (accepted and noted). Everything else is a violation: a bad text frame is answered by
   closing with 1008; an empty binary frame, or anything sent after the end marker, is ignored.
 * Results are ``{"type":"realtime","state":"Sentence"|"NewSentence","text":...}`` with the cumulative text
   of the current sentence; the first message of every sentence but the first is ``NewSentence``.
@@ -45,6 +46,9 @@ from .base import (
 )
 
 END_OF_STREAM = {"data": {"status": "CloseConnection"}}
+# The end marker as iApp's page words it ("status field with "end of stream" value"), next to its sample's.
+END_OF_STREAM_WORDED = {"data": {"status": "end of stream"}}
+WORDED_END_NOTE = 'end marker with status "end of stream" (the wording of iApp\'s page), not "CloseConnection"'
 CLOSE_CONFIRMATION = "Confirm Close Connection"
 # Close code for a client message the emulator does not understand (policy violation).
 BAD_MESSAGE_CLOSE = 1008
@@ -121,6 +125,8 @@ class IAppEmulator(Emulator):
                 self.violation(record, problem)
                 await _close_reading(connection, BAD_MESSAGE_CLOSE, "invalid message")
                 return
+            if json.loads(message) == END_OF_STREAM_WORDED:
+                self.note(record, WORDED_END_NOTE)
             await self._finish(connection, record, stream, recognizer)
             return
 
@@ -208,7 +214,7 @@ def _end_marker_problem(message: str) -> str | None:
         document = json.loads(message)
     except ValueError:
         return f"text frame is not JSON: {shown!r}"
-    if document != END_OF_STREAM:
+    if document not in (END_OF_STREAM, END_OF_STREAM_WORDED):
         return f"unexpected text frame (only {json.dumps(END_OF_STREAM)} is allowed): {shown!r}"
     return None
 

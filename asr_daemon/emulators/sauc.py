@@ -8,6 +8,10 @@ each stream's log id goes out in the ``X-Tt-Logid`` upgrade header.
 
 Volcengine endpoints differ in when they answer: ``bigmodel`` after every packet, ``bigmodel_async`` (and 360)
 only when the result changed, ``bigmodel_nostream`` only at the end.
+
+360's own Go demo sends its frames in WebSocket text frames (the payload is binary, not UTF-8): the 360
+emulator takes text frames as binary and notes it; the Volcengine emulator refuses them, as Volcengine's
+demos send binary frames.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from websockets.http11 import Request, Response
 
 from .base import (
     BYTES_PER_MS,
+    ClientTolerance,
     Emulator,
     EmulatorOptions,
     Fault,
@@ -42,6 +47,7 @@ from .base import (
     SegmentStarted,
     SimEvent,
     StreamRecord,
+    WavHeaderStripper,
 )
 
 # Message types (high nibble of byte1).
@@ -190,7 +196,8 @@ class _Stream:
     show_utterances: bool = False
     single: bool = False
     audio_bytes: int = 0
-    wav_header_pending: bool = False
+    # For ``wav``: drops the RIFF header the demo streams with the audio.
+    wav_header: WavHeaderStripper | None = None
     responses: int = 0
     finals: list[SegmentFinal] = field(default_factory=list)
     reported_finals: int = 0
@@ -249,20 +256,6 @@ def _is_json_text(value: object) -> bool:
     return True
 
 
-def _strip_wav_header(data: bytes) -> bytes:
-    """Audio after a RIFF/WAVE header's ``data`` chunk header (the demo streams whole WAV files)."""
-    if not data.startswith(b"RIFF") or data[8:12] != b"WAVE":
-        return data
-    offset = 12
-    while offset + 8 <= len(data):
-        chunk, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
-        offset += 8
-        if chunk == b"data":
-            return data[offset:]
-        offset += size + (size & 1)
-    return b""
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The server
 
@@ -306,6 +299,7 @@ class SaucEmulator(Emulator):
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         # Overridden (not just ``authorize``) because the accepted upgrade carries vendor headers.
+        self.tolerate_handshake(connection, request)
         response = self.authorize(request) or connection.protocol.accept(request)
         response.headers[LOGID_HEADER] = _log_id()
         if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and "X-Api-Connect-Id" in request.headers:
@@ -375,7 +369,7 @@ class SaucEmulator(Emulator):
             self.violation(record, f"full client request has sequence {frame.sequence}, expected 1")
         stream.compression = frame.compression
         stream.audio_format = document["audio"]["format"]
-        stream.wav_header_pending = stream.audio_format == "wav"
+        stream.wav_header = WavHeaderStripper() if stream.audio_format == "wav" else None
         stream.show_utterances = document["request"].get("show_utterances", False) is True
         stream.single = document["request"].get("result_type", "full") == "single"
         if self.fault_active(record, Fault.ERROR_AT_START):
@@ -403,9 +397,8 @@ class SaucEmulator(Emulator):
         last = bool(frame.flags & LAST_NO_SEQUENCE)
         self._check_sequence(stream, frame, last)
         pcm = frame.payload
-        if stream.wav_header_pending and pcm:
-            stream.wav_header_pending = False
-            pcm = _strip_wav_header(pcm)
+        if stream.wav_header is not None:
+            pcm = stream.wav_header.feed(pcm) + (stream.wav_header.flush() if last else b"")
         record.add_pcm(pcm)
         stream.audio_bytes += len(pcm)
         changed = self._apply(stream, stream.recognizer.feed(pcm))
@@ -535,6 +528,9 @@ class Zyun360Emulator(SaucEmulator):
 
     vendor: ClassVar[str] = "zyun360"
     paths: ClassVar[dict[str, AnswerMode]] = {"/sauc": AnswerMode.ON_CHANGE}
+    client_tolerance: ClassVar[ClientTolerance] = ClientTolerance(
+        client="360's Go demo sends them so", text_as_binary=True
+    )
 
     @property
     def url(self) -> str:

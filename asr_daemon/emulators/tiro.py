@@ -9,8 +9,10 @@ It behaves like tiro-speech-core's ``StreamingRecognize`` behind a grpc-gateway 
   server's exact field violations in a ``types.talgreinir.is/google.rpc.BadRequest`` detail;
 * later messages are not validated: any message without audio (``{"audioContent":""}``, the bytes ``END``, a
   second config, ``{}``) ends the stream, exactly as the server's read loop does;
-* interim results are throttled by wall-clock time and sent only when the hypothesis changed; one final per
-  segment, with word times from the start of the stream; pure silence gets no message at all;
+* a decoder works through the received audio on its own clock (at most ``decode_speed`` times real time);
+  interim results are throttled by wall-clock time and sent only when the hypothesis changed, also when no
+  client message arrives; one final per segment, with word times from the start of the stream; pure silence
+  gets no message at all;
 * the stream ends by closing the socket without a close frame (as gorilla's ``conn.Close()``), or with 1000.
 
 Client mistakes are recorded as violations; the answer is what the vendor would send.
@@ -18,6 +20,7 @@ Client mistakes are recorded as violations; the answer is what the vendor would 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -33,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .base import (
+    BYTES_PER_MS,
     SAMPLE_RATE,
     Emulator,
     EmulatorOptions,
@@ -56,6 +60,9 @@ UNKNOWN_ERROR = "Unknown error in StreamingRecognize."
 
 ENCODINGS = {"ENCODING_UNSPECIFIED": 0, "LINEAR16": 1, "FLAC": 2, "MP3": 8}
 LINEAR16 = ENCODINGS["LINEAR16"]
+
+# The decoder works through queued audio in steps of this much audio.
+DECODE_STEP_MS = 100
 
 AuthFailure = Literal["http", "error_line"]
 CloseMode = Literal["abrupt", "normal"]
@@ -389,6 +396,7 @@ class TiroEmulator(Emulator):
         auth_failure: AuthFailure = "http",
         close_mode: CloseMode = "abrupt",
         interim_interval: float = 0.35,
+        decode_speed: float = 4.0,
         language_codes: Sequence[str] = ("is-IS", "is-IS-x-exp"),
     ) -> None:
         super().__init__(options)
@@ -398,6 +406,8 @@ class TiroEmulator(Emulator):
         self.close_mode: CloseMode = close_mode
         # Seconds between interim results (the server's 350 ms); 0 sends every change.
         self.interim_interval = interim_interval
+        # How many times faster than real time the decoder works through audio a client sent ahead; 0: at once.
+        self.decode_speed = decode_speed
         self.language_codes = tuple(language_codes)
         # Upgrades refused for a bad token or path (they never become streams).
         self.rejected_upgrades = 0
@@ -466,27 +476,28 @@ class TiroEmulator(Emulator):
         streaming: StreamingConfig,
         config: RecognitionConfig,
     ) -> None:
-        recognizer = self.new_recognizer(record)
-        punctuate = config.enable_automatic_punctuation
-        words_wanted = config.enable_word_time_offsets
-        hypothesis = ""
-        last_sent = ""
-        segment_start_ms = 0
-        last_interim_at = time.monotonic()
+        """Read the client's audio into a queue while a decoder works through it on its own clock."""
+        decoder = _Decoder(self, connection, record, streaming, config)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        decoding = asyncio.create_task(decoder.run(queue))
+        reading = asyncio.create_task(self._read_audio(connection, record, queue))
+        try:
+            done, _ = await asyncio.wait((decoding, reading), return_when=asyncio.FIRST_COMPLETED)
+            if reading in done and reading.result():
+                await decoding
+        finally:
+            for task in (reading, decoding):
+                task.cancel()
+            await asyncio.gather(reading, decoding, return_exceptions=True)
 
-        def shown(text: str) -> str:
-            return text if punctuate else unpunctuated(text)
-
-        async def send_final(event: SegmentFinal) -> None:
-            text = shown(event.text)
-            words = word_infos(text, event.start_ms, event.end_ms) if words_wanted else None
-            record.finals.append(text)
-            await connection.send(result_line(text, is_final=True, words=words))
-
+    async def _read_audio(
+        self, connection: ServerConnection, record: StreamRecord, queue: asyncio.Queue[bytes | None]
+    ) -> bool:
+        """Queue the client's audio; True when the end marker arrived (the decoder then finishes)."""
         while True:
             request = await self._next_request(connection, record)
             if request is None:
-                return
+                return False
             audio = request.audio_content
             if not audio or audio == b"END":
                 # The server's read loop: no audio (end marker, a second config, {}) ends the stream.
@@ -494,46 +505,16 @@ class TiroEmulator(Emulator):
                     self.violation(record, "streamingConfig after the first message (the vendor ends the stream)")
                 elif audio is None:
                     self.violation(record, "message with neither audioContent nor streamingConfig (ends the stream)")
-                break
+                queue.put_nowait(None)
+                return True
             if len(audio) % 2:
                 self.violation(record, f"audio chunk of {len(audio)} bytes is not whole 16-bit samples")
             record.add_pcm(audio)
             if not await self.after_audio(connection, record):
                 if self.fault_active(record, Fault.STALL):
                     await self.drain_stalled(connection)
-                return
-            for event in recognizer.feed(audio):
-                if isinstance(event, SegmentStarted):
-                    hypothesis = last_sent = ""
-                    segment_start_ms = event.start_ms
-                elif isinstance(event, SegmentPartial):
-                    hypothesis = shown(event.text)
-                    segment_start_ms = event.start_ms
-                else:
-                    await send_final(event)
-                    hypothesis = last_sent = ""
-                    last_interim_at = time.monotonic()
-                    if streaming.single_utterance:
-                        await connection.send(END_OF_SINGLE_UTTERANCE)
-                        record.completed = True
-                        await self._close(connection)
-                        return
-            now = time.monotonic()
-            throttled = now - last_interim_at < self.interim_interval
-            if streaming.interim_results and recognizer.in_speech and hypothesis != last_sent and not throttled:
-                words = word_infos(hypothesis, segment_start_ms, recognizer.position_ms) if words_wanted else None
-                await connection.send(result_line(hypothesis, is_final=False, words=words))
-                last_sent = hypothesis
-                last_interim_at = now
-
-        await self.before_final(record)
-        for event in recognizer.flush():
-            if isinstance(event, SegmentFinal):
-                await send_final(event)
-                if streaming.single_utterance:
-                    await connection.send(END_OF_SINGLE_UTTERANCE)
-        record.completed = True
-        await self._close(connection)
+                return False
+            queue.put_nowait(audio)
 
     async def _next_request(self, connection: ServerConnection, record: StreamRecord) -> StreamingRequest | None:
         """The next decoded request; None once the stream is over (refused or idle cut). A client close raises."""
@@ -569,6 +550,127 @@ class TiroEmulator(Emulator):
         else:
             # gorilla's conn.Close(): the pending data is flushed, then TCP closes; no WebSocket close frame.
             connection.transport.close()
+
+
+class _Decoder:
+    """One stream's recogniser, working through the queued audio no faster than ``decode_speed`` times real
+    time (a streaming decoder has a finite speed), in ``DECODE_STEP_MS`` steps. As tiro-speech-core does, an
+    interim result goes out when the hypothesis changed and ``interim_interval`` passed since the last one
+    (or since the segment began); a change held back by that interval goes out when it ends, even when no
+    more audio comes. So a client that sends faster than real time still sees interims."""
+
+    def __init__(
+        self,
+        emulator: TiroEmulator,
+        connection: ServerConnection,
+        record: StreamRecord,
+        streaming: StreamingConfig,
+        config: RecognitionConfig,
+    ) -> None:
+        self._emulator = emulator
+        self._connection = connection
+        self._record = record
+        self._streaming = streaming
+        self._recognizer = emulator.new_recognizer(record)
+        self._punctuate = config.enable_automatic_punctuation
+        self._words_wanted = config.enable_word_time_offsets
+        self._hypothesis = ""
+        self._last_sent = ""
+        self._segment_start_ms = 0
+        self._started = time.monotonic()
+        self._last_interim_at = self._started
+        self._decoded_ms = 0
+        self.ended = False
+
+    async def run(self, queue: asyncio.Queue[bytes | None]) -> None:
+        step = DECODE_STEP_MS * BYTES_PER_MS
+        while True:
+            audio = await self._next_audio(queue)
+            if audio is None:
+                break
+            for offset in range(0, len(audio), step):
+                await self._pace()
+                piece = audio[offset : offset + step]
+                self._decoded_ms += len(piece) // BYTES_PER_MS
+                if await self._decode(piece):
+                    return
+        await self._emulator.before_final(self._record)
+        for event in self._recognizer.flush():
+            if isinstance(event, SegmentFinal):
+                await self._send_final(event)
+                if self._streaming.single_utterance:
+                    await self._connection.send(END_OF_SINGLE_UTTERANCE)
+        self._record.completed = True
+        await self._emulator._close(self._connection)
+
+    async def _next_audio(self, queue: asyncio.Queue[bytes | None]) -> bytes | None:
+        """The next queued audio; meanwhile, an interim the interval held back goes out when it ends."""
+        while self._pending_interim() and queue.empty():
+            wait = self._last_interim_at + self._emulator.interim_interval - time.monotonic()
+            try:
+                return await asyncio.wait_for(queue.get(), max(wait, 0.0))
+            except TimeoutError:
+                await self._maybe_interim()
+        return await queue.get()
+
+    async def _pace(self) -> None:
+        speed = self._emulator.decode_speed
+        if speed <= 0:
+            return
+        due = self._started + self._decoded_ms / 1000 / speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _decode(self, pcm: bytes) -> bool:
+        """Decode one step; True when the stream ended (single utterance)."""
+        for event in self._recognizer.feed(pcm):
+            if isinstance(event, SegmentStarted):
+                self._hypothesis = self._last_sent = ""
+                self._segment_start_ms = event.start_ms
+            elif isinstance(event, SegmentPartial):
+                self._hypothesis = self._shown(event.text)
+                self._segment_start_ms = event.start_ms
+            else:
+                await self._send_final(event)
+                self._hypothesis = self._last_sent = ""
+                # The server's next segment starts its interim clock now.
+                self._last_interim_at = time.monotonic()
+                if self._streaming.single_utterance:
+                    await self._connection.send(END_OF_SINGLE_UTTERANCE)
+                    self._record.completed = True
+                    await self._emulator._close(self._connection)
+                    return True
+        await self._maybe_interim()
+        return False
+
+    def _pending_interim(self) -> bool:
+        return (
+            self._streaming.interim_results
+            and self._recognizer.in_speech
+            and self._hypothesis != self._last_sent
+            and self._hypothesis != ""
+        )
+
+    async def _maybe_interim(self) -> None:
+        now = time.monotonic()
+        if not self._pending_interim() or now - self._last_interim_at < self._emulator.interim_interval:
+            return
+        words = None
+        if self._words_wanted:
+            words = word_infos(self._hypothesis, self._segment_start_ms, self._recognizer.position_ms)
+        await self._connection.send(result_line(self._hypothesis, is_final=False, words=words))
+        self._last_sent = self._hypothesis
+        self._last_interim_at = now
+
+    async def _send_final(self, event: SegmentFinal) -> None:
+        text = self._shown(event.text)
+        words = word_infos(text, event.start_ms, event.end_ms) if self._words_wanted else None
+        self._record.finals.append(text)
+        await self._connection.send(result_line(text, is_final=True, words=words))
+
+    def _shown(self, text: str) -> str:
+        return text if self._punctuate else unpunctuated(text)
 
 
 def _http_response(status: int, reason: str, body: dict[str, object]) -> Response:

@@ -19,12 +19,18 @@ cumulative ``asr_sentence`` partials, a final with the full field set, ``utteran
 frame ends the stream: the pending final, then ``{"pipe": {"asr_eof": true}}``; the emulator then waits (up to
 ``eof_close_after`` s) for the client to close.
 
+What the vendor's own SDK (``ailabs-asr``) does against the documentation, accepted and noted on the stream
+(the service evidently accepts it):
+
+* Audio before the greeting: the documentation says it breaks the connection, but the SDK starts streaming as
+  soon as the socket opens. The audio is held until the greeting and then recognised
+  (``early_audio="disconnect"`` applies the documented rule instead: a violation, and a close with 1008).
+* Binary frames above the documented 2000 bytes (the SDK sends whatever its audio callback got).
+
 Choices where the vendor's behaviour is undocumented, each a violation recorded on the stream:
 
-* Audio before the greeting: the vendor's documentation says it breaks the connection, so by default the
-  emulator closes with 1008 (``early_audio="accept"`` keeps the stream and only records it).
-* A binary frame of odd length (half a sample) or above the documented 2000 bytes; a second empty frame;
-  audio after the empty frame (ignored, but counted in ``pcm_bytes``).
+* A binary frame of odd length (half a sample); a second empty frame; audio after the empty frame (ignored,
+  but counted in ``pcm_bytes``).
 * A text frame other than ``{"pipe": {"config": {"liveStreamingCodeSwitch": "<code>"}}}``: answered with a
   status error, closed after ``error_close_delay``.
 
@@ -76,6 +82,9 @@ PIPELINES = frozenset({"asr-zh-en-std", "asr-zh-tw-std", "asr-en-std", "asr-jp-s
 LEGACY_PIPELINE = "asr-stream-general"
 LEGACY_LANGS = frozenset({"zhen", "zhtw", "en", "zhen_offline"})
 UNAUTHORIZED = "key does not exist or the key is not available for the service"
+EarlyAudio = Literal["accept", "disconnect"]
+EARLY_AUDIO_NOTE = "audio before session_started (the vendor's ailabs-asr SDK streams as soon as the socket opens)"
+LARGE_FRAME_NOTE = "binary frames above the documented 2000 bytes (the vendor's ailabs-asr SDK sends them)"
 # Bounds of the token listener: a request line + headers, and a body.
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -134,7 +143,7 @@ class YatingEmulator(Emulator):
         greeting: Literal["session_started", "bare"] = "session_started",
         error_close_delay: float = 3.0,
         eof_close_after: float = 10.0,
-        early_audio: Literal["disconnect", "accept"] = "disconnect",
+        early_audio: EarlyAudio = "accept",
         start_error: Literal["token", "pipeline", "http"] = "token",
     ) -> None:
         super().__init__(options)
@@ -143,7 +152,7 @@ class YatingEmulator(Emulator):
         self.greeting = greeting
         self.error_close_delay = error_close_delay
         self.eof_close_after = eof_close_after
-        self.early_audio = early_audio
+        self.early_audio: EarlyAudio = early_audio
         self.start_error = start_error
         self.token_requests: list[TokenRequest] = []
         # Stream index → the grant it was opened with (absent when the token was refused).
@@ -159,7 +168,9 @@ class YatingEmulator(Emulator):
         # A fixed WebSocket port gets the token endpoint on the next one, so a config can be written once.
         token_port = self._token_port if self._token_port is not None else (port + 1 if port else 0)
         try:
-            self._http = await asyncio.start_server(self._serve_token, host, token_port, limit=MAX_HEAD_BYTES)
+            self._http = await asyncio.start_server(
+                self._serve_token, host, token_port, limit=MAX_HEAD_BYTES, ssl=self.options.tls
+            )
         except OSError:
             await super().stop()
             raise
@@ -182,7 +193,8 @@ class YatingEmulator(Emulator):
         """Configure as ``vendors.yating.token_url``."""
         assert self._http is not None, "emulator not started"
         port = int(self._http.sockets[0].getsockname()[1])
-        return f"http://127.0.0.1:{port}{TOKEN_PATH}"
+        scheme = "https" if self.options.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{port}{TOKEN_PATH}"
 
     @property
     def token_violations(self) -> list[str]:
@@ -319,11 +331,13 @@ class YatingEmulator(Emulator):
             record.messages_in += 1
             early.append(message)
             if isinstance(message, bytes):
+                if self.early_audio == "accept":
+                    self.note(record, EARLY_AUDIO_NOTE)
+                    continue
                 self.violation(record, f"sent {len(message)} bytes of audio before session_started")
-                if self.early_audio == "disconnect":
-                    record.add_pcm(message)
-                    await connection.close(POLICY_CLOSE, "audio before session_started")
-                    return None
+                record.add_pcm(message)
+                await connection.close(POLICY_CLOSE, "audio before session_started")
+                return None
         return early
 
     async def _on_message(
@@ -345,7 +359,7 @@ class YatingEmulator(Emulator):
         if len(message) % 2:
             self.violation(record, f"binary frame of {len(message)} bytes is not whole 16-bit samples")
         if len(message) > DOCUMENTED_CHUNK:
-            self.violation(record, f"binary frame of {len(message)} bytes (the documented chunk is 2000)")
+            self.note(record, LARGE_FRAME_NOTE)
         record.add_pcm(message)
         if not await self.after_audio(connection, record):
             if self.fault_active(record, Fault.STALL):

@@ -6,6 +6,7 @@ never see half a root. A stamp file names the recipe; a changed recipe builds a 
 change the cached root: boot an overlay or a copy of it (see ``tests/support/nspawn.py``).
 
     python -m tests.support.debian_root trixie     # build (or reuse) and print the root's path
+    python -m tests.support.debian_root forky-ha   # Debian forky with Home Assistant in /opt/homeassistant
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE = Path(os.environ.get("ASR_DAEMON_TEST_ROOTS", "/var/cache/asr-daemon-test/roots"))
@@ -104,6 +106,113 @@ def _debootstrap(suite: str, target: Path, log: bool) -> None:
         package.unlink()
 
 
+# --- Debian forky with Home Assistant (tests/support/home_assistant.py runs it) -------------------------------
+
+HA_ROOT = "forky-ha"
+HA_VENV = "/opt/homeassistant"
+HA_VERSION = "2026.11.0"
+# Home Assistant 2026.11 needs Python >= 3.14.2 (forky has it); g++ builds two of the pins below.
+HA_PACKAGES = ("python3.14", "python3.14-venv", "python3.14-dev", "g++", "ca-certificates")
+# What Home Assistant would install at run time for the integrations it loads (the pins of their
+# manifest.json files: wyoming and its chain (ffmpeg, conversation, assist_satellite, tts, assist_pipeline), the
+# frontend, and what its always-loaded integrations import (hardware, analytics, camera, infrared,
+# radio_frequency); numpy as package_constraints.txt pins it): installed here, as Home Assistant runs with
+# --skip-pip and without a network. No ffmpeg binary: nothing on the speech-to-text path runs it.
+HA_REQUIREMENTS = (
+    f"homeassistant=={HA_VERSION}",
+    "home-assistant-frontend==20261028.4",
+    "wyoming==1.10.2",
+    "ha-ffmpeg==3.2.2",
+    "hassil==3.12.1",
+    "home-assistant-intents==2026.10.27",
+    "gazetteer-matcher==1.1.0",
+    "mutagen==1.48.1",
+    "pymicro-vad==1.0.1",
+    "pyspeex-noise==1.0.2",
+    "psutil-home-assistant==0.0.1",
+    "aiohasupervisor==0.8.1",
+    "PyTurboJPEG==1.8.3",
+    "numpy==2.3.2",
+    "infrared-protocols==10.5.0",
+    "rf-protocols==4.3.0",
+)
+HA_RECIPE_VERSION = 1
+
+
+def ha_recipe() -> str:
+    return f"v{HA_RECIPE_VERSION} forky minbase {','.join(HA_PACKAGES)} {' '.join(HA_REQUIREMENTS)}\n"
+
+
+def ensure_ha_root(log: bool = True) -> Path:
+    """The cached forky root with Home Assistant installed in ``HA_VENV``, built first if missing (needs root)."""
+    return _cached(HA_ROOT, ha_recipe(), lambda target: _build_ha_root(target, log))
+
+
+def _cached(name: str, recipe_text: str, build: Callable[[Path], None]) -> Path:
+    """``CACHE/name``, built by ``build`` into a temporary directory and renamed into place, under the lock."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    root = CACHE / name
+    stamp = CACHE / f"{name}.recipe"
+    with (CACHE / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir() and stamp.is_file() and stamp.read_text() == recipe_text:
+            return root
+        target = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
+        try:
+            build(target)
+            stamp.unlink(missing_ok=True)
+            if root.exists():
+                shutil.rmtree(root)
+            target.rename(root)
+        finally:
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+        stamp.write_text(recipe_text)
+        return root
+
+
+def chroot_command(root: Path, command: list[str], *, writable: tuple[str, ...] = ()) -> list[str]:
+    """``command`` run in ``root`` with /dev and /proc, in a private mount namespace (mounts die with it).
+
+    The root itself is mounted read-only (the cache stays as built) except for ``writable`` directories of
+    the host, bound to the same path inside (``/tmp``)."""
+    steps = [f"mount --bind {root} {root}", f"mount -o remount,bind,ro {root}"] if writable else []
+    steps += [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc"]
+    steps += [f"mount --bind {path} {root}{path}" for path in writable]
+    script = " && ".join(steps) + ' && exec chroot "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(root), *command]
+
+
+def _build_ha_root(target: Path, log: bool) -> None:
+    output = None if log else subprocess.DEVNULL
+    # Bookworm's debootstrap has no forky script; sid's builds any testing suite.
+    subprocess.run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(HA_PACKAGES)}",
+            "forky",
+            str(target),
+            MIRROR,
+            "/usr/share/debootstrap/scripts/sid",
+        ],
+        check=True,
+        stdout=output,
+    )
+    host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if host_bundle.is_file():
+        shutil.copyfile(host_bundle, target / "etc/ssl/certs/ca-certificates.crt")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    env.update({key: value for key, value in os.environ.items() if key.lower().endswith("_proxy")})
+    for command in (
+        ["python3.14", "-m", "venv", HA_VENV],
+        [f"{HA_VENV}/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check", *HA_REQUIREMENTS],
+    ):
+        subprocess.run(chroot_command(target, command), check=True, stdout=output, env=env)
+    for package in (target / "var/cache/apt/archives").glob("*.deb"):
+        package.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.debian_root", description=__doc__.split("\n")[0])
     parser.add_argument("suite", nargs="?", default="trixie")
@@ -111,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if not have_tools():
         print("debian_root: needs root and debootstrap (scripts/setup installs it)", file=sys.stderr)
         return 1
-    print(ensure_root(args.suite))
+    print(ensure_ha_root() if args.suite == HA_ROOT else ensure_root(args.suite))
     return 0
 
 
