@@ -20,13 +20,13 @@ from asr_daemon.vendors.local.grammar import missing_reason
 from tests.support.daemon import running_daemon
 from tests.support.mosquitto import Mosquitto, have_mosquitto
 from tests.support.speech import have_speech_tools, silence, speech, wav
-from tests.support.wyoming_satellite import Satellite, WakeService, ensure_venv, have_python
+from tests.support.venvs import VenvUnavailable
+from tests.support.wyoming_satellite import Satellite, WakeService, satellite_python
 
 pytestmark = [
     pytest.mark.skipif(not have_speech_tools(), reason="needs espeak-ng and sox"),
     pytest.mark.skipif(not have_mosquitto(), reason="needs mosquitto"),
     pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or ""),
-    pytest.mark.skipif(not have_python(), reason="needs python3.11 for wyoming-satellite 1.0.0"),
     pytest.mark.timeout(240),
     # Real processes speaking in real time (about two minutes in all): once per CI run, not per Python version.
     pytest.mark.realpart,
@@ -51,8 +51,12 @@ def spoken(command: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def satellite_env() -> Path:
-    return ensure_venv()
+def sat_python() -> Path:
+    """The satellite's interpreter (its own environment, built once per machine)."""
+    try:
+        return satellite_python()
+    except VenvUnavailable as exc:
+        pytest.skip(f"wyoming-satellite 1.0.0: {exc}")
 
 
 class Broker:
@@ -160,8 +164,8 @@ async def speak_and_hear(watcher: Broker, satellite: Satellite, command: str) ->
     )
 
 
-async def test_local_wake_commands_arrive_on_mqtt_once_each_in_order(tmp_path: Path, satellite_env: Path) -> None:
-    with WakeService(satellite_env, tmp_path) as wake, Satellite(satellite_env, tmp_path, "kitchen", wake.uri) as sat:
+async def test_local_wake_commands_arrive_on_mqtt_once_each_in_order(tmp_path: Path, sat_python: Path) -> None:
+    with WakeService(sat_python, tmp_path) as wake, Satellite(sat_python, tmp_path, "kitchen", wake.uri) as sat:
         async with broker(tmp_path) as watcher, running_daemon(config(tmp_path, watcher.mosquitto, [sat])) as daemon:
             await until(lambda: link_state(daemon, "kitchen") == "connected", 20, "the satellite connected")
             for command in COMMANDS[:2]:
@@ -178,8 +182,8 @@ async def test_local_wake_commands_arrive_on_mqtt_once_each_in_order(tmp_path: P
     assert log.count("Waiting for wake word") >= 3, log
 
 
-async def test_remote_wake_the_daemon_finds_the_wake_word_and_rearms_it(tmp_path: Path, satellite_env: Path) -> None:
-    with WakeService(satellite_env, tmp_path) as wake, Satellite(satellite_env, tmp_path, "hall") as sat:
+async def test_remote_wake_the_daemon_finds_the_wake_word_and_rearms_it(tmp_path: Path, sat_python: Path) -> None:
+    with WakeService(sat_python, tmp_path) as wake, Satellite(sat_python, tmp_path, "hall") as sat:
         async with (
             broker(tmp_path) as watcher,
             running_daemon(config(tmp_path, watcher.mosquitto, [sat], wake_uri=wake.uri)) as daemon,
@@ -196,11 +200,11 @@ async def test_remote_wake_the_daemon_finds_the_wake_word_and_rearms_it(tmp_path
     assert transcripts(watcher) == [("satellite:hall", c) for c in COMMANDS[2:4]], wake.log_text()
 
 
-async def test_two_satellites_at_once_stay_apart(tmp_path: Path, satellite_env: Path) -> None:
+async def test_two_satellites_at_once_stay_apart(tmp_path: Path, sat_python: Path) -> None:
     with (
-        WakeService(satellite_env, tmp_path) as wake,
-        Satellite(satellite_env, tmp_path, "kitchen", wake.uri) as kitchen,
-        Satellite(satellite_env, tmp_path, "bedroom", wake.uri) as bedroom,
+        WakeService(sat_python, tmp_path) as wake,
+        Satellite(sat_python, tmp_path, "kitchen", wake.uri) as kitchen,
+        Satellite(sat_python, tmp_path, "bedroom", wake.uri) as bedroom,
     ):
         async with (
             broker(tmp_path) as watcher,
@@ -220,10 +224,10 @@ async def test_two_satellites_at_once_stay_apart(tmp_path: Path, satellite_env: 
 
 
 async def test_satellite_killed_mid_command_error_then_reconnect_and_next_command(
-    tmp_path: Path, satellite_env: Path
+    tmp_path: Path, sat_python: Path
 ) -> None:
-    with WakeService(satellite_env, tmp_path) as wake:
-        sat = Satellite(satellite_env, tmp_path, "office", wake.uri)
+    with WakeService(sat_python, tmp_path) as wake:
+        sat = Satellite(sat_python, tmp_path, "office", wake.uri)
         sat.start()
         try:
             async with (
@@ -271,13 +275,13 @@ async def idle_cpu(daemon: Daemon, names: list[str], seconds: float) -> float:
 SATELLITES_MEASURED = 4
 
 
-async def test_cpu_of_connected_satellites_idle_and_streaming(tmp_path: Path, satellite_env: Path) -> None:
+async def test_cpu_of_connected_satellites_idle_and_streaming(tmp_path: Path, sat_python: Path) -> None:
     """Figures for docs/satellites.md (printed; bounds only catch a runaway loop): the daemon's CPU with N idle
     local-wake satellites, and with N remote-wake satellites whose audio it sends to the wake-word service."""
     names = [f"sat{i}" for i in range(SATELLITES_MEASURED)]
-    with WakeService(satellite_env, tmp_path) as wake:
-        local = [Satellite(satellite_env, tmp_path, name, wake.uri) for name in names]
-        remote = [Satellite(satellite_env, tmp_path / "remote", name) for name in names]
+    with WakeService(sat_python, tmp_path) as wake:
+        local = [Satellite(sat_python, tmp_path, name, wake.uri) for name in names]
+        remote = [Satellite(sat_python, tmp_path / "remote", name) for name in names]
         try:
             for satellite in (*local, *remote):
                 satellite.start()
@@ -341,14 +345,14 @@ async def wyoming_latency(port: int, pcm: bytes, last_voiced: int) -> float:
 
 
 async def test_latency_from_the_last_voiced_frame_satellite_to_mqtt_and_wyoming_client(
-    tmp_path: Path, satellite_env: Path
+    tmp_path: Path, sat_python: Path
 ) -> None:
     """Figures for docs/satellites.md (printed, not asserted): from the microphone chunk that holds the last
     voiced sample to the transcript, for a local-wake satellite (on MQTT) and a Wyoming client (its answer)."""
     commands = COMMANDS[:3]
     satellite_figures: list[float] = []
     wyoming_figures: list[float] = []
-    with WakeService(satellite_env, tmp_path) as wake, Satellite(satellite_env, tmp_path, "kitchen", wake.uri) as sat:
+    with WakeService(sat_python, tmp_path) as wake, Satellite(sat_python, tmp_path, "kitchen", wake.uri) as sat:
         async with (
             broker(tmp_path) as watcher,
             running_daemon({**config(tmp_path, watcher.mosquitto, [sat]), "endpointing": {"enabled": True}}) as daemon,

@@ -1,81 +1,39 @@
 """The real ``wyoming-satellite`` (1.0.0, the release on PyPI) for tests, without a sound card.
 
-It pins an older ``wyoming`` and ``zeroconf`` than the daemon's, so it gets a virtual environment of its own,
-built once per machine under ``/var/cache/asr-daemon-test/venvs/`` (a build goes to a temporary directory
-beside it and is renamed into place, under a lock; a stamp names the recipe, and a changed recipe builds a new
-one). The same environment holds ``pymicro-wakeword``, whose wheel ships its models: the wake-word service
-(``tests/support/wake_service.py``) detects a real "okay nabu".
+It pins an older ``wyoming`` and ``zeroconf`` than the daemon's, so it gets a cached virtual environment of its
+own (``tests/support/venvs.py``). The same environment holds ``pymicro-wakeword``, whose wheel ships its models:
+the wake-word service (``tests/support/wake_service.py``) detects a real "okay nabu".
 
 ``Satellite`` runs one satellite with ``--no-zeroconf`` and a ``--mic-command`` that plays silence in real time
 and, between, each WAV handed to ``say()`` (``tests/support/satellite_mic.py``).
 
-    python -m tests.support.wyoming_satellite     # build (or reuse) the environment and print its path
+    python -m tests.support.wyoming_satellite     # build (or reuse) the environment and print its python
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-CACHE = Path(os.environ.get("ASR_DAEMON_TEST_VENVS", "/var/cache/asr-daemon-test/venvs"))
-# wyoming-satellite 1.0.0 supports Python up to 3.11 (its zeroconf pin builds no further).
-PYTHON = shutil.which("python3.11") or "/usr/bin/python3.11"
-REQUIREMENTS = ("wyoming-satellite==1.0.0", "pymicro-wakeword==2.5.0")
-RECIPE_VERSION = 1
+from tests.support.venvs import ensure_venv
+
 NAME = "wyoming-satellite-1.0.0"
+REQUIREMENTS = ["wyoming-satellite==1.0.0", "pymicro-wakeword==2.5.0"]
 SUPPORT = Path(__file__).parent
 
 
-def recipe() -> str:
-    return f"v{RECIPE_VERSION} {' '.join(REQUIREMENTS)}\n"
-
-
-def have_python() -> bool:
-    return Path(PYTHON).exists()
-
-
-def ensure_venv() -> Path:
-    """The environment's directory, built first if missing or made by another recipe (needs PyPI then)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    target = CACHE / NAME
-    stamp = CACHE / f"{NAME}.recipe"
-    with (CACHE / f"{NAME}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_dir() and stamp.is_file() and stamp.read_text() == recipe():
-            return target
-        build = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=CACHE))
-        try:
-            subprocess.run([PYTHON, "-m", "venv", str(build)], check=True)
-            subprocess.run(
-                [str(build / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *REQUIREMENTS],
-                check=True,
-            )
-            stamp.unlink(missing_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            build.rename(target)
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
-        stamp.write_text(recipe())
-        return target
-
-
-def python_of(env: Path) -> str:
-    # The interpreter symlink works from the renamed directory; pyvenv.cfg beside it names the base.
-    return str(env / "bin" / "python")
+def satellite_python() -> Path:
+    """The environment's interpreter, built first if needed (``VenvUnavailable`` when it cannot be)."""
+    return ensure_venv(NAME, REQUIREMENTS)
 
 
 def free_port() -> int:
@@ -129,12 +87,12 @@ class _Process:
 class WakeService:
     """The test's Wyoming wake-word service (pymicro-wakeword's okay_nabu) on 127.0.0.1."""
 
-    def __init__(self, env: Path, directory: Path) -> None:
+    def __init__(self, python: Path, directory: Path) -> None:
         self.port = free_port()
         self.uri = f"tcp://127.0.0.1:{self.port}"
         directory.mkdir(parents=True, exist_ok=True)
         # -P: the script's directory (tests/support, with a wyoming.py of its own) stays off the import path.
-        argv = [python_of(env), "-P", str(SUPPORT / "wake_service.py"), "--port", str(self.port)]
+        argv = [str(python), "-P", str(SUPPORT / "wake_service.py"), "--port", str(self.port)]
         self._process = _Process(argv, directory / f"wake-{self.port}.log")
 
     def start(self) -> None:
@@ -160,8 +118,7 @@ class WakeService:
 class Satellite:
     """One real satellite; ``wake_uri`` set: it finds its wake word itself, unset: it streams all the time."""
 
-    def __init__(self, env: Path, directory: Path, name: str, wake_uri: str | None = None) -> None:
-        self.env = env
+    def __init__(self, python: Path, directory: Path, name: str, wake_uri: str | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.uri = f"tcp://127.0.0.1:{self.port}"
@@ -169,9 +126,9 @@ class Satellite:
         self.queue = self.directory / "say"
         self.queue.mkdir(parents=True, exist_ok=True)
         self._said = 0
-        mic = shlex.join([python_of(env), str(SUPPORT / "satellite_mic.py"), str(self.queue)])
+        mic = shlex.join([str(python), str(SUPPORT / "satellite_mic.py"), str(self.queue)])
         argv = [
-            python_of(env),
+            str(python),
             "-m",
             "wyoming_satellite",
             "--uri",
@@ -223,10 +180,7 @@ class Satellite:
 
 
 def main() -> int:
-    if not have_python():
-        print(f"wyoming_satellite: needs {PYTHON}", file=sys.stderr)
-        return 1
-    print(ensure_venv())
+    print(satellite_python())
     return 0
 
 
