@@ -119,7 +119,6 @@ class Utterance:
         # No more audio goes to the vendor: the speech or the client's audio ended.
         self._audio_ended = False
         self._finishing: asyncio.Task[None] | None = None
-        self._started_at = time.monotonic()
 
     @property
     def answered(self) -> bool:
@@ -313,7 +312,8 @@ class Utterance:
             finals_end is not None
             and finals_end >= endpointer.last_voiced_end - FINAL_END_SLACK
             and not session.partial_pending
-            and not session.outcome.done()
+            # A vendor that failed already (held for the fallback engine) covers nothing.
+            and not session.done
         )
 
     def _answer_now(self, session: Session, text: str | None, reason: str) -> None:

@@ -96,6 +96,8 @@ def daemon_config(
         "wyoming": {"uri": f"tcp://127.0.0.1:{port}", "zeroconf": False, "max_sessions": max_sessions},
         "limits": {"final_timeout": 10.0, "drain_timeout": 5.0},
         "log": {"level": "info", "format": "human"},
+        # Latency is measured from audio-stop, so utterances end there (endpointing answers before it).
+        "endpointing": {"enabled": False},
         "vendors": vendors,
     }
     if endpointing is not None and endpointing_supported():

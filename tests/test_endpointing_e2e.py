@@ -24,8 +24,10 @@ from wyoming.error import Error
 from wyoming.event import Event
 
 from asr_daemon.daemon import Daemon
-from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.emulators.amivoice import AmiVoiceEmulator
+from asr_daemon.emulators.base import EmulatorOptions, Fault
 from asr_daemon.events import AsrEvent, EventKind, Subscription
+from asr_daemon.settings import local_engine_installed
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, silence, utterance, wav
 from tests.support.vendor_e2e import VENDORS, VendorE2E
@@ -327,3 +329,26 @@ async def test_describe_tells_home_assistant_whether_it_needs_its_own_vad(enable
     assert program.requires_external_vad is not enabled
     assert program.prefers_auto_gain_enabled is not enabled
     assert program.prefers_noise_reduction_enabled is not enabled
+
+
+@pytest.mark.skipif(not local_engine_installed(), reason="the local engine (pocketsphinx) is not installed")
+async def test_at_the_end_of_speech_a_failed_vendor_still_hands_over_to_the_fallback() -> None:
+    command = "set a timer for ten minutes"
+    pcm = utterance(command, tail_ms=3000)
+    options = EmulatorOptions(script=["wrong"], fault=Fault.DROP, fault_after_bytes=8000)
+    async with AmiVoiceEmulator(options).running() as emu:
+        config = {
+            **ENDPOINTING,
+            "vendors": {
+                "amivoice": {"url": emu.url, "api_key": "test-key", "languages": ["en", "en-US"]},
+                "local": {"phrases": [command, "stop the music"], "languages": ["en-GB"]},
+            },
+            "fallback_vendor": "local",
+            "limits": {"final_timeout": 10.0, "fallback_after": 3.0},
+        }
+        async with running_daemon(config) as daemon:
+            reply = await client_2026(daemon_port(daemon), "en", chunks(pcm), speed=2.0)
+    assert reply.transcripts == [command]
+    assert not reply.audio_stop_sent
+    [context] = [Transcript.from_event(e).context for e in reply.events if Transcript.is_type(e.type)]
+    assert context == {"engine": "local", "fallback": True}
