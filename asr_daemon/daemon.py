@@ -2,7 +2,7 @@
 
 Start: vendors and routes, the pre-built ``info``, the event bus and its sinks (MQTT, JSON lines, Wyoming
 forwarding), pre-warmed vendor connections, the Wyoming listener, the zeroconf announcement, the microphone,
-the health endpoint; then systemd hears READY=1 and the watchdog starts.
+the satellites, the health endpoint; then systemd hears READY=1 and the watchdog starts.
 Everything started sits on one exit stack: a failed start undoes what it had started, and stop unwinds it.
 Stop (SIGTERM/SIGINT): STOPPING=1, stop accepting, withdraw the announcement, let in-flight utterances
 (Wyoming and microphone) finish within ``limits.drain_timeout``, close the rest, then flush the sinks (MQTT
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from functools import partial
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .service.metrics import Metrics
     from .sinks.mqtt import MqttSink
     from .sources.mic import MicSource
+    from .sources.satellite import SatelliteSources
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
         self.mqtt: MqttSink | None = None
         self.mic: MicSource | None = None
+        self.satellites: SatelliteSources | None = None
         self._stop_requested = asyncio.Event()
         if self.metrics is not None:
             self.metrics.watch_connections(
@@ -158,6 +161,8 @@ class Daemon:
             stack.push_async_callback(self.server.stop_accepting)
             if self.settings.mic.enabled:
                 await self._start_mic(sources)
+            if self.settings.satellites.devices:
+                await self._start_satellites(sources)
             if self.settings.health.port is not None and self.metrics is not None:
                 self.health = HealthServer(
                     self.settings.health.host, self.settings.health.port, self.check, self.metrics
@@ -285,6 +290,32 @@ class Daemon:
                 "microphone: no configured vendor serves it (mic.vendor %s, mic.language %s)", mic.vendor, mic.language
             )
         await stack.enter_async_context(self.mic)
+
+    async def _start_satellites(self, stack: contextlib.AsyncExitStack) -> None:
+        from .settings import SatelliteSettings
+        from .sources.satellite import SatelliteSources, SatelliteStateMetric
+        from .utterance import Utterance
+
+        # A satellite streams until it is told the command is over: its end of speech is always detected.
+        always = self.settings.endpointing.model_copy(update={"enabled": True})
+        services = dataclasses.replace(self.context.services, endpointing=endpoint_settings(always))
+
+        def command(device: SatelliteSettings) -> Utterance:
+            # An empty transcript (a wake word and nothing after it) is not worth an event.
+            return Utterance(
+                services,
+                f"satellite:{device.name}",
+                language=device.language,
+                vendor=device.vendor,
+                publish_empty=False,
+            )
+
+        self.satellites = SatelliteSources(
+            self.settings.satellites, command, self.events, drain_timeout=self.settings.limits.drain_timeout
+        )
+        if self.metrics is not None:
+            self.metrics.registry.register(SatelliteStateMetric(self.satellites))
+        await stack.enter_async_context(self.satellites)
 
     async def _announce(self, stack: contextlib.AsyncExitStack) -> None:
         from .discovery import ZeroconfAdvertiser

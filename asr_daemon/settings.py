@@ -347,7 +347,7 @@ class EventsSettings(BaseModel):
     jsonl: str | None = Field(default=None, description="Write events as JSON lines: '-' for stdout, or a file path")
     jsonl_partials: bool = Field(default=False, description="Include partial transcripts in the JSON lines")
     forward_uris: list[str] = Field(
-        default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the microphone's events"
+        default_factory=list, description="Wyoming event URIs (tcp://HOST:PORT) that get the local sources' events"
     )
     queue_size: int = Field(default=1000, ge=10, le=1_000_000, description="Events each sink may have waiting")
     flush_timeout: float = Field(default=2.0, ge=0, le=120, description="Seconds sinks get to deliver at shutdown")
@@ -363,6 +363,93 @@ class EventsSettings(BaseModel):
                 continue
             raise ValueError(f"{uri!r}: expected tcp://HOST:PORT or unix://PATH")
         return value
+
+
+def _check_wyoming_uri(key: str, value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme == "tcp" and parsed.hostname and parsed.port is not None:
+        return value
+    if parsed.scheme == "unix" and parsed.path:
+        return value
+    raise ValueError(f"{key}: expected tcp://HOST:PORT or unix://PATH, not {value!r}")
+
+
+class SatelliteSettings(BaseModel):
+    """One wyoming-satellite device the daemon runs the pipeline for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str | None = Field(
+        default=None,
+        description="The satellite's Wyoming address: tcp://HOST:PORT (its --uri); unset: found by zeroconf "
+        "(satellites.discover) by its name",
+    )
+    name: str = Field(
+        description="Its name in events (source satellite:<name>) and MQTT topics: letters, digits, - and _"
+    )
+    language: str | None = Field(default=None, description="Language of its speech (routed to a vendor)")
+    vendor: str | None = Field(default=None, description="Vendor for it; default: routed by language")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_wyoming_uri("uri", value)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value or len(value) > 64 or any(not (c.isascii() and (c.isalnum() or c in "-_")) for c in value):
+            raise ValueError("expected 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("vendor")
+    @classmethod
+    def _check_vendor(cls, value: str | None) -> str | None:
+        if value is not None and value not in registry.available():
+            raise ValueError(f"expected one of {', '.join(registry.available())}")
+        return value
+
+
+class SatellitesSettings(BaseModel):
+    """Voice satellites (wyoming-satellite) driven by the daemon itself, without Home Assistant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[SatelliteSettings] = Field(
+        default_factory=list, description="Satellites to connect to (each serves one pipeline runner at a time)"
+    )
+    discover: bool = Field(
+        default=False,
+        description="Find the satellites listed without a uri by zeroconf (_wyoming._tcp), by the name their info "
+        "gives; only listed names are ever claimed",
+    )
+    wake_uri: str | None = Field(
+        default=None,
+        description="Wyoming wake-word service (e.g. openWakeWord, tcp://HOST:10400) for satellites without "
+        "one of their own; unset: such satellites are refused",
+    )
+    wake_words: list[str] = Field(
+        default_factory=list, description="Wake word names asked of the wake-word service; empty: its default"
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, le=120, description="Seconds to connect and get info")
+    retry_min_delay: float = Field(default=1.0, gt=0, le=60, description="First ceiling of the random wait")
+    retry_max_delay: float = Field(default=30.0, gt=0, le=3600, description="Largest ceiling of the random wait")
+
+    @field_validator("wake_uri")
+    @classmethod
+    def _check_wake_uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_wyoming_uri("wake_uri", value)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> SatellitesSettings:
+        unplaced = [device.name for device in self.devices if device.uri is None]
+        if unplaced and not self.discover:
+            raise ValueError(f"satellites without a uri ({', '.join(unplaced)}) need satellites.discover: true")
+        names = [device.name for device in self.devices]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"satellite names must differ: {', '.join(repeated)} given more than once")
+        return self
 
 
 def _vendors_model() -> type[BaseModel]:
@@ -399,6 +486,7 @@ class Settings(BaseSettings):
     endpointing: EndpointingSettings = Field(default_factory=EndpointingSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    satellites: SatellitesSettings = Field(default_factory=SatellitesSettings)
     default_vendor: str | None = Field(
         default=None, description="Vendor for languages no vendor lists (and for requests without a language)"
     )
@@ -605,3 +693,9 @@ def _check_routes(settings: Settings) -> None:
     if mic.enabled and mic.vendor is not None and mic.vendor not in vendors:
         known = ", ".join(sorted(vendors)) or "none configured"
         raise ConfigError(f"mic.vendor = {mic.vendor!r}: expected one of the configured vendors ({known})")
+    for index, satellite in enumerate(settings.satellites.devices):
+        if satellite.vendor is not None and satellite.vendor not in vendors:
+            raise ConfigError(
+                f"satellites.devices.{index}.vendor = {satellite.vendor!r}: expected one of the configured vendors "
+                f"({known})"
+            )

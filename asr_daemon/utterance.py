@@ -131,6 +131,11 @@ class Utterance:
         return self._speech_ended
 
     @property
+    def speech_heard(self) -> bool:
+        """The end-of-speech detector heard speech (never without endpointing)."""
+        return self._endpointer is not None and self._endpointer.speech_heard
+
+    @property
     def taking_audio(self) -> bool:
         """Audio fed now still goes to the vendor (not yet answered, not past the end of speech)."""
         return not self._audio_ended and not self.answer.done()

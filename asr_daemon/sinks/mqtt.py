@@ -13,6 +13,8 @@ topic                                 QoS    retained  payload
 ``<base>/error``                      1      no        a session error event
 ``<base>/state``                      1      yes       the daemon's state event (``ready``, ``stopping``)
 ``<base>/mic/state``                  1      yes       the microphone's state event (``listening``, ...)
+``<base>/satellite/<name>/state``     1      yes       a satellite's state event (``connected``, ``streaming``,
+                                                       ``unavailable``)
 ====================================  =====  ========  =====================================================
 
 Every payload but availability is a JSON object with an ``id`` that identifies the event everywhere (a QoS 1
@@ -53,6 +55,8 @@ OFFLINE = "offline"
 SENSOR_MAX_CHARS = 255
 # Live (not spooled) messages waiting for the broker; the oldest go first when it is full.
 MAX_LIVE = 256
+# Events of a satellite have the source ``satellite:<name>`` (a name is letters, digits, - and _).
+SATELLITE_PREFIX = "satellite:"
 # Seconds to wait for the broker to acknowledge one message before the connection is considered broken.
 PUBLISH_TIMEOUT = 10.0
 
@@ -87,6 +91,14 @@ class Topics:
         self.ha_status = f"{settings.discovery_prefix}/status"
         self.event_config = f"{settings.discovery_prefix}/event/{self.node}/transcript/config"
         self.sensor_config = f"{settings.discovery_prefix}/sensor/{self.node}/last_transcript/config"
+
+    def state_topic(self, source: str) -> str:
+        """Where a state event of ``source`` is retained: the daemon's, a satellite's, else the microphone's."""
+        if source == "daemon":
+            return self.state
+        if source.startswith(SATELLITE_PREFIX):
+            return f"{self.base}/satellite/{source.removeprefix(SATELLITE_PREFIX)}/state"
+        return self.mic_state
 
 
 # A spooled final's fields and the types its payloads need (the file may have been edited, or be damaged).
@@ -249,7 +261,7 @@ class MqttSink:
             self._wake.set()
             return
         if event.kind is EventKind.STATE:
-            topic = topics.state if event.source == "daemon" else topics.mic_state
+            topic = topics.state_topic(event.source)
             message = Outgoing(topic, _json(event.to_dict()), 1, True)
             self._retained[topic] = message
         elif event.kind is EventKind.PARTIAL:

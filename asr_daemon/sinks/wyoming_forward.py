@@ -1,8 +1,9 @@
-"""Pushes the microphone's events to Wyoming event URIs, the way wyoming-satellite's ``--event-uri`` does.
+"""Pushes the local sources' events to Wyoming event URIs, the way wyoming-satellite's ``--event-uri`` does.
 
 Each configured URI (``events.forward_uris``) gets a connection of its own that is opened when there is
-something to send and kept; it is re-opened with backoff when it breaks. Only events of local sources
-(``mic:...``) are forwarded: Wyoming callers already receive their own. The mapping:
+something to send and kept; it is re-opened with backoff when it breaks. Events of every local source are
+forwarded (the microphone ``mic:...``, satellites ``satellite:<name>``); not those of Wyoming callers
+(``wyoming:...``), which already receive their own, nor the daemon's. The mapping:
 
 ==================  =================================================================
 event               Wyoming event
@@ -39,6 +40,11 @@ _LOGGER = logging.getLogger(__name__)
 MAX_PENDING = 100
 CONNECT_TIMEOUT = 5.0
 WRITE_TIMEOUT = 5.0
+
+
+def forwarded_source(source: str) -> bool:
+    """Whether events of ``source`` are forwarded: local sources only."""
+    return source != "daemon" and not source.startswith("wyoming:")
 
 
 def wyoming_event(event: AsrEvent) -> Event | None:
@@ -141,7 +147,7 @@ class WyomingForwardSink:
             await forwarder.aclose()
 
     async def handle(self, event: AsrEvent) -> None:
-        if not event.source.startswith("mic:"):
+        if not forwarded_source(event.source):
             return
         wyoming = wyoming_event(event)
         if wyoming is None:
