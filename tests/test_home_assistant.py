@@ -60,9 +60,8 @@ def test_home_assistant_adds_the_daemon_and_its_own_vad_gets_the_text(scenario: 
 
 def _endpointing(scenario: dict[str, Any]) -> dict[str, Any]:
     mode: dict[str, Any] = scenario["modes"]["endpointing"]
-    # Tied to the daemon's endpointing (settings `endpointing.enabled`, describe's requires_external_vad).
-    if mode["requires_external_vad"] is not False:
-        pytest.skip("this daemon's describe does not say requires_external_vad: false (no endpointing)")
+    # The daemon's describe left end-of-speech to the daemon (settings `endpointing.enabled`, the default).
+    assert mode["requires_external_vad"] is False
     return mode
 
 
