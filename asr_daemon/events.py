@@ -45,8 +45,8 @@ def new_event_id() -> str:
 class AsrEvent:
     """Something that happened, as every sink sees it.
 
-    ``source`` is ``wyoming:<peer>``, ``mic:<device>`` or ``daemon``; ``session`` ties the events of one
-    utterance together. ``id`` is given once, when the event is made, and travels with it everywhere
+    ``source`` is ``wyoming:<peer>``, ``mic:<device>``, ``satellite:<name>`` or ``daemon``; ``session`` ties the
+    events of one utterance together. ``id`` is given once, when the event is made, and travels with it everywhere
     (spooled, re-sent, forwarded), so a consumer can drop a duplicate. Times are Unix seconds.
     """
 

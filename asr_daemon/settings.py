@@ -128,6 +128,10 @@ class WyomingSettings(BaseModel):
         return self.zeroconf_name or f"asr-daemon-{socket.gethostname().split('.')[0]}"[:63]
 
 
+# Drain + events.flush_timeout (6 + 2 s) fit the 10 s container engines and the Supervisor wait after SIGTERM.
+DEFAULT_DRAIN_TIMEOUT = 6.0
+
+
 class LimitsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,9 +139,11 @@ class LimitsSettings(BaseModel):
     final_timeout: float = Field(
         default=10.0, gt=0, le=120, description="Seconds from audio-stop to the final transcript or an error"
     )
-    # Drain + events.flush_timeout (6 + 2 s) fit the 10 s container engines and the Supervisor wait after SIGTERM.
     drain_timeout: float = Field(
-        default=6.0, ge=0, le=600, description="Seconds in-flight utterances may take to finish at shutdown"
+        default=DEFAULT_DRAIN_TIMEOUT,
+        ge=0,
+        le=600,
+        description="Seconds in-flight utterances may take to finish at shutdown",
     )
     fallback_after: float = Field(
         default=5.0,

@@ -43,7 +43,7 @@ from ..install_hints import MIC_INSTALL_HINT
 from ..resilience.backoff import Backoff
 from ..routing import Router
 from ..session import SessionLimits
-from ..settings import MicSettings
+from ..settings import DEFAULT_DRAIN_TIMEOUT, MicSettings
 from ..utterance import Observer, Utterance, UtteranceServices
 from ..vendors.base import VendorAdapter
 from ..vendors.prewarm import StreamPool
@@ -317,7 +317,7 @@ class MicSource:
         limits: SessionLimits,
         bus: EventBus,
         *,
-        drain_timeout: float = 15.0,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         detector_factory: Any = webrtc_vad,
         pool: StreamPool | None = None,
         observe: Observer | None = None,

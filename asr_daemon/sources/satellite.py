@@ -28,7 +28,7 @@ from wyoming.satellite import PauseSatellite
 from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.backoff import Backoff
 from ..session import SessionError
-from ..settings import SatelliteSettings, SatellitesSettings
+from ..settings import DEFAULT_DRAIN_TIMEOUT, SatelliteSettings, SatellitesSettings
 from ..utterance import Answer, Utterance
 from .satellite_discovery import SatelliteFinder
 from .satellite_io import open_wyoming
@@ -87,7 +87,7 @@ class SatelliteLink:
         commands: CommandFactory,
         bus: EventBus,
         *,
-        drain_timeout: float = 15.0,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         finder: SatelliteFinder | None = None,
     ) -> None:
         self.settings = settings
@@ -371,7 +371,12 @@ class SatelliteSources:
     """Every configured satellite, each on its own link."""
 
     def __init__(
-        self, settings: SatellitesSettings, commands: CommandFactory, bus: EventBus, *, drain_timeout: float = 15.0
+        self,
+        settings: SatellitesSettings,
+        commands: CommandFactory,
+        bus: EventBus,
+        *,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         discovering = settings.discover and any(device.uri is None for device in settings.devices)
         self.finder = SatelliteFinder(settings.connect_timeout) if discovering else None
