@@ -44,6 +44,20 @@ FINAL_END_SLACK = 0.3
 Observer = Callable[[Session, Transcript | None, SessionError | None], None]
 
 
+async def finish_in_time(finishing: set[asyncio.Task[None]], timeout: float) -> None:
+    """At shutdown: let utterances waiting for their transcript finish within ``timeout``, then cancel the rest
+    (each reports its own error)."""
+    pending = set(finishing)
+    if not pending:
+        return
+    _, late = await asyncio.wait(pending, timeout=timeout)
+    for straggler in late:
+        straggler.cancel()
+    for straggler in late:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await straggler
+
+
 @dataclass
 class UtteranceServices:
     """What every utterance of a source uses (shared, read-only)."""

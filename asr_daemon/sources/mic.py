@@ -44,7 +44,7 @@ from ..resilience.backoff import Backoff
 from ..routing import Router
 from ..session import SessionLimits
 from ..settings import DEFAULT_DRAIN_TIMEOUT, MicSettings
-from ..utterance import Observer, Utterance, UtteranceServices
+from ..utterance import Observer, Utterance, UtteranceServices, finish_in_time
 from ..vendors.base import VendorAdapter
 from ..vendors.prewarm import StreamPool
 
@@ -91,9 +91,7 @@ def load_pyaudio() -> Any:
     try:
         import pyaudio
     except ImportError as exc:
-        raise DeviceUnavailable(
-            f"PyAudio is not installed: {MIC_INSTALL_HINT}"
-        ) from exc
+        raise DeviceUnavailable(f"PyAudio is not installed: {MIC_INSTALL_HINT}") from exc
     return pyaudio
 
 
@@ -375,15 +373,11 @@ class MicSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._end_utterance("shutdown")
-        pending = set(self._finishing)
-        if pending:
-            _LOGGER.info("microphone: waiting up to %g s for %d transcript(s)", self.drain_timeout, len(pending))
-            _, late = await asyncio.wait(pending, timeout=self.drain_timeout)
-            for straggler in late:
-                straggler.cancel()
-            for straggler in late:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await straggler
+        if self._finishing:
+            _LOGGER.info(
+                "microphone: waiting up to %g s for %d transcript(s)", self.drain_timeout, len(self._finishing)
+            )
+        await finish_in_time(self._finishing, self.drain_timeout)
         pool, self.pool = self.pool, None
         if pool is not None and self._own_pool:
             await pool.__aexit__(None, None, None)

@@ -29,7 +29,7 @@ from ..events import AsrEvent, EventBus, EventKind
 from ..resilience.backoff import Backoff
 from ..session import SessionError
 from ..settings import DEFAULT_DRAIN_TIMEOUT, SatelliteSettings, SatellitesSettings
-from ..utterance import Answer, Utterance
+from ..utterance import Answer, Utterance, finish_in_time
 from .satellite_discovery import SatelliteFinder
 from .satellite_io import open_wyoming
 from .satellite_protocol import (
@@ -128,14 +128,7 @@ class SatelliteLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        pending = set(self._finishing)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.drain_timeout)
-            for straggler in late:
-                straggler.cancel()
-            for straggler in late:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await straggler
+        await finish_in_time(self._finishing, self.drain_timeout)
 
     # -- the connection ----------------------------------------------------------------------------------
 
