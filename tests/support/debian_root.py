@@ -1,8 +1,7 @@
 """Debian root file systems for tests that need a real distribution (systemd in a container, image builds).
 
-Built once per machine with debootstrap and cached under ``/var/cache/asr-daemon-test/roots/<suite>``: a
-build goes to a temporary directory beside it and is renamed into place, under a lock, so concurrent runs
-never see half a root. A stamp file names the recipe; a changed recipe builds a new root. Callers must not
+Built once per machine with debootstrap and cached under ``/var/cache/asr-daemon-test/roots/<suite>``
+(``tests/support/build_cache.py``: a lock, a recipe stamp, a build renamed into place). Callers must not
 change the cached root: boot an overlay or a copy of it (see ``tests/support/nspawn.py``).
 
     python -m tests.support.debian_root trixie     # build (or reuse) and print the root's path
@@ -12,14 +11,13 @@ change the cached root: boot an overlay or a copy of it (see ``tests/support/nsp
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.build_cache import cached_build
 
 CACHE = Path(os.environ.get("ASR_DAEMON_TEST_ROOTS", "/var/cache/asr-daemon-test/roots"))
 MIRROR = "http://deb.debian.org/debian"
@@ -50,25 +48,7 @@ def have_tools() -> bool:
 
 def ensure_root(suite: str = "trixie", log: bool = True) -> Path:
     """The cached root for ``suite``, built first if missing or made by another recipe (needs root)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    root = CACHE / suite
-    stamp = CACHE / f"{suite}.recipe"
-    with (CACHE / f"{suite}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if root.is_dir() and stamp.is_file() and stamp.read_text() == recipe(suite):
-            return root
-        build = Path(tempfile.mkdtemp(prefix=f".{suite}-", dir=CACHE))
-        try:
-            _debootstrap(suite, build, log)
-            stamp.unlink(missing_ok=True)
-            if root.exists():
-                shutil.rmtree(root)
-            build.rename(root)
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
-        stamp.write_text(recipe(suite))
-        return root
+    return cached_build(CACHE, suite, recipe(suite), lambda target: _debootstrap(suite, target, log))
 
 
 def _debootstrap(suite: str, target: Path, log: bool) -> None:
@@ -145,30 +125,7 @@ def ha_recipe() -> str:
 
 def ensure_ha_root(log: bool = True) -> Path:
     """The cached forky root with Home Assistant installed in ``HA_VENV``, built first if missing (needs root)."""
-    return _cached(HA_ROOT, ha_recipe(), lambda target: _build_ha_root(target, log))
-
-
-def _cached(name: str, recipe_text: str, build: Callable[[Path], None]) -> Path:
-    """``CACHE/name``, built by ``build`` into a temporary directory and renamed into place, under the lock."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    root = CACHE / name
-    stamp = CACHE / f"{name}.recipe"
-    with (CACHE / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if root.is_dir() and stamp.is_file() and stamp.read_text() == recipe_text:
-            return root
-        target = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
-        try:
-            build(target)
-            stamp.unlink(missing_ok=True)
-            if root.exists():
-                shutil.rmtree(root)
-            target.rename(root)
-        finally:
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-        stamp.write_text(recipe_text)
-        return root
+    return cached_build(CACHE, HA_ROOT, ha_recipe(), lambda target: _build_ha_root(target, log))
 
 
 def chroot_command(root: Path, command: list[str], *, writable: tuple[str, ...] = ()) -> list[str]:
@@ -226,7 +183,9 @@ def slim_recipe(arch: str) -> str:
 
 def ensure_slim_root(arch: str = "amd64", log: bool = True) -> Path:
     """The cached slim trixie root for ``arch`` (``arm64`` needs qemu-user-static), built first if missing."""
-    return _cached(f"trixie-slim-{arch}", slim_recipe(arch), lambda target: _build_slim_root(target, arch, log))
+    return cached_build(
+        CACHE, f"trixie-slim-{arch}", slim_recipe(arch), lambda target: _build_slim_root(target, arch, log)
+    )
 
 
 def _build_slim_root(target: Path, arch: str, log: bool) -> None:

@@ -1,22 +1,19 @@
 """Virtual environments holding a vendor's own client library (from PyPI), for replaying it against the
 emulators without putting it in the project's environment.
 
-Built once per machine under ``/var/cache/asr-daemon-test/venvs/<name>`` (``ASR_DAEMON_TEST_VENVS``): a build
-goes to a temporary directory beside it and is renamed into place, under a lock, so concurrent runs never see
-half an environment. A stamp file names the recipe (Python version and requirements); a changed recipe builds
-a new environment. Use only ``<venv>/bin/python`` (a moved environment's other scripts point at the build
-directory).
+Built once per machine under ``/var/cache/asr-daemon-test/venvs/<name>`` (``ASR_DAEMON_TEST_VENVS``; see
+``tests/support/build_cache.py``); the recipe stamp names the Python version and the requirements. Use only
+``<venv>/bin/python`` (a moved environment's other scripts point at the build directory).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from tests.support.build_cache import cached_build
 
 CACHE = Path(os.environ.get("ASR_DAEMON_TEST_VENVS", "/var/cache/asr-daemon-test/venvs"))
 # Raise when the build steps below change in a way the requirements do not show.
@@ -39,23 +36,8 @@ def ensure_venv(name: str, requirements: list[str]) -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VenvUnavailable(f"cannot create {CACHE}: {exc}") from None
-    root, stamp = CACHE / name, CACHE / f"{name}.recipe"
-    with (CACHE / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if root.is_dir() and stamp.is_file() and stamp.read_text() == recipe(requirements):
-            return root / "bin" / "python"
-        build = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
-        try:
-            _build(build, requirements)
-            stamp.unlink(missing_ok=True)
-            if root.exists():
-                shutil.rmtree(root)
-            build.rename(root)
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
-        stamp.write_text(recipe(requirements))
-        return root / "bin" / "python"
+    venv = cached_build(CACHE, name, recipe(requirements), lambda target: _build(target, requirements))
+    return venv / "bin" / "python"
 
 
 def _build(target: Path, requirements: list[str]) -> None:
