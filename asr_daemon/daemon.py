@@ -24,13 +24,14 @@ from urllib.parse import urlparse
 from . import __version__
 from .audio.endpoint import EndpointSettings
 from .budget import AudioBudget
+from .config import Settings
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
 from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
 from .session import Session, SessionError, SessionLimits, Transcript
-from .settings import EndpointingSettings, Settings
+from .settings import EndpointingSettings
 from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
