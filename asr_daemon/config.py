@@ -33,10 +33,10 @@ from .settings import (
     ResilienceSettings,
     SatelliteSettings,
     SatellitesSettings,
+    VendorSettings,
     WyomingSettings,
 )
 from .vendors import registry
-from .vendors.base import VendorSettings
 
 ENV_PREFIX = "ASR_DAEMON_"
 

@@ -1,4 +1,4 @@
-"""The sections of the configuration, one validated model each.
+"""The sections of the configuration, one validated model each, and the keys every vendor has.
 
 Each part of the daemon reads its own section from here; ``config.py`` assembles them, with every vendor's
 section, into the whole configuration and loads it.
@@ -422,3 +422,25 @@ class SatellitesSettings(BaseModel):
         if repeated:
             raise ValueError(f"satellite names must differ: {', '.join(repeated)} given more than once")
         return self
+
+
+class VendorSettings(BaseModel):
+    """Keys every vendor has under ``vendors.<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None, description="Endpoint override (a proxy, or the bundled emulator); default: the vendor's"
+    )
+    api_key: SecretStr | None = Field(default=None, description="API key (prefer api_key_file)")
+    api_key_file: str | None = Field(default=None, description="File holding the API key")
+    languages: list[str] = Field(description="Wyoming language codes routed to this vendor")
+    connect_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds to open the connection")
+    prewarm: bool = Field(
+        default=False,
+        description="Keep one connection open and ready so an utterance skips the handshakes (may count as usage)",
+    )
+
+    def key(self) -> str:
+        """The API key as text ('' when none is configured; the vendor then rejects the stream)."""
+        return self.api_key.get_secret_value() if self.api_key is not None else ""
