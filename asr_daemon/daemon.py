@@ -27,6 +27,7 @@ from .budget import AudioBudget
 from .config import Settings
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
+from .resilience.policy import ResiliencePolicy
 from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
@@ -56,7 +57,7 @@ class Daemon:
         self.router = Router(adapters, settings.default_vendor)
         self.info = build_info(self.router, endpointing=settings.endpointing.enabled)
         limits = settings.limits
-        self.policy = settings.resilience.policy()
+        self.policy = ResiliencePolicy.from_settings(settings.resilience)
         self.events = EventBus(settings.events.queue_size)
         budget = settings.budget
         # One budget for every source (Wyoming clients and the microphone).

@@ -15,7 +15,6 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .networks import Network, check_networks, parse_networks
-from .resilience.policy import ResiliencePolicy
 
 
 class ConfigError(Exception):
@@ -189,9 +188,6 @@ class ResilienceSettings(BaseModel):
         default=1.5, gt=0, le=60, description="Seconds between WebSocket pings (vendors that answer pings)"
     )
     ping_timeout: float = Field(default=2.5, gt=0, le=60, description="Seconds a ping may go unanswered")
-
-    def policy(self) -> ResiliencePolicy:
-        return ResiliencePolicy(**self.model_dump())
 
 
 class HealthSettings(BaseModel):
