@@ -122,8 +122,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from .config import load_settings
     from .logging_setup import setup_logging
-    from .settings import ConfigError, load_settings
+    from .settings import ConfigError
 
     try:
         settings = load_settings(args.config, _overrides(args))

@@ -24,13 +24,15 @@ from urllib.parse import urlparse
 from . import __version__
 from .audio.endpoint import EndpointSettings
 from .budget import AudioBudget
+from .config import Settings
 from .events import AsrEvent, EventBus, EventKind
 from .info import build_info
+from .resilience.policy import ResiliencePolicy
 from .routing import Router
 from .service.health import HealthServer, VendorStates
 from .service.notify import SystemdNotifier, run_watchdog, watchdog_interval
 from .session import Session, SessionError, SessionLimits, Transcript
-from .settings import EndpointingSettings, Settings
+from .settings import EndpointingSettings
 from .sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from .sources.wyoming_server import WyomingServer
 from .vendors import registry
@@ -55,7 +57,7 @@ class Daemon:
         self.router = Router(adapters, settings.default_vendor)
         self.info = build_info(self.router, endpointing=settings.endpointing.enabled)
         limits = settings.limits
-        self.policy = settings.resilience.policy()
+        self.policy = ResiliencePolicy.from_settings(settings.resilience)
         self.events = EventBus(settings.events.queue_size)
         budget = settings.budget
         # One budget for every source (Wyoming clients and the microphone).

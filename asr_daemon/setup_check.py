@@ -21,7 +21,7 @@ from .install_hints import LOCAL_INSTALL_HINT, MIC_INSTALL_HINT, key_file_hint
 from .redact import redact
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from .config import Settings
     from .vendors.base import VendorAdapter
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from asr_daemon.config import load_settings
 from asr_daemon.service import addon
-from asr_daemon.settings import EventsSettings, LimitsSettings, load_settings
+from asr_daemon.settings import EventsSettings, LimitsSettings
 from asr_daemon.vendors import registry
 from tests.support import supervisor as fake_supervisor
 from tests.support.supervisor import FakeSupervisor

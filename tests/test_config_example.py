@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from asr_daemon.settings import Settings, load_settings
+from asr_daemon.config import Settings, load_settings
 from asr_daemon.vendors import registry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"

@@ -23,11 +23,11 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 
+from asr_daemon.config import local_engine_installed
 from asr_daemon.daemon import Daemon
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions, Fault
 from asr_daemon.events import AsrEvent, EventKind, Subscription
-from asr_daemon.settings import local_engine_installed
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, silence, utterance, wav
 from tests.support.vendor_e2e import VENDORS, VendorE2E

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from wyoming.asr import Transcript
 
+from asr_daemon.config import local_engine_installed
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions, Fault
-from asr_daemon.settings import local_engine_installed
 from tests.support.daemon import running_daemon
 from tests.support.speech import have_speech_tools, utterance
 from tests.support.wyoming import WyomingResult, transcribe

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from asr_daemon.config import load_settings
 from asr_daemon.session import Session, SessionLimits
-from asr_daemon.settings import ConfigError, load_settings
+from asr_daemon.settings import ConfigError
 from asr_daemon.vendors import registry
 from asr_daemon.vendors.base import (
     PCM16K,

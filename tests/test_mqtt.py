@@ -299,8 +299,8 @@ async def test_spooled_finals_survive_a_daemon_restart(broker: Mosquitto, tmp_pa
 
 
 async def test_password_comes_from_a_file_and_is_never_shown(tmp_path: Path) -> None:
+    from asr_daemon.config import load_settings
     from asr_daemon.redact import redact
-    from asr_daemon.settings import load_settings
 
     secret = tmp_path / "mqtt.pass"
     secret.write_text("s3cret-mqtt-pass\n")
@@ -312,7 +312,7 @@ async def test_password_comes_from_a_file_and_is_never_shown(tmp_path: Path) -> 
 
 
 async def test_password_from_a_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from asr_daemon.settings import load_settings
+    from asr_daemon.config import load_settings
 
     (tmp_path / "mqtt_password").write_text("cred-pass-42\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))

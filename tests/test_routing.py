@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from asr_daemon.resilience.policy import ResiliencePolicy
 from asr_daemon.routing import Router
+from asr_daemon.settings import VendorSettings
 from asr_daemon.text import join_segments
-from asr_daemon.vendors.base import Stream, StreamCodec, StreamOptions, VendorAdapter, VendorSettings
+from asr_daemon.vendors.base import Stream, StreamCodec, StreamOptions, VendorAdapter
 
 
 class _Adapter(VendorAdapter):

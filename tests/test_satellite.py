@@ -16,8 +16,9 @@ from wyoming.info import Attribution, Info, Satellite
 from wyoming.ping import Ping, Pong
 from wyoming.pipeline import PipelineStage, RunPipeline
 
+from asr_daemon.config import load_settings
 from asr_daemon.events import AsrEvent, EventKind
-from asr_daemon.settings import ConfigError, MqttSettings, load_settings
+from asr_daemon.settings import ConfigError, MqttSettings
 from asr_daemon.sinks.mqtt import Topics
 from asr_daemon.sinks.wyoming_forward import WyomingForwardSink
 from asr_daemon.sources import satellite as satellite_module

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from asr_daemon.config import load_settings
 from asr_daemon.emulators.base import EmulatorOptions, Fault
 from asr_daemon.emulators.sauc import SaucEmulator, VolcengineEmulator, Zyun360Emulator
 from asr_daemon.redact import redact
-from asr_daemon.settings import load_settings
 from asr_daemon.vendors.base import (
     FinalResult,
     PartialResult,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from asr_daemon.config import load_settings, local_engine_installed
 from asr_daemon.redact import redact
-from asr_daemon.settings import ConfigError, load_settings, local_engine_installed
+from asr_daemon.settings import ConfigError
 from asr_daemon.setup_check import Finding, find_problems
 
 SECRET = "amivoice-secret-4711"
@@ -313,7 +314,7 @@ def test_environment_typos_and_bad_json_never_show_a_secret(monkeypatch: pytest.
 def test_no_config_without_the_offline_engine_warns_that_nothing_is_routed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("asr_daemon.settings.local_engine_installed", lambda: False)
+    monkeypatch.setattr("asr_daemon.config.local_engine_installed", lambda: False)
     finding = problems(tmp_path, "")["vendors"]
     assert finding.level == "warning"
     assert "nothing is routed" in finding.message and "sudo scripts/install --with-local" in finding.message

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from asr_daemon.emulators.base import Emulator, EmulatorOptions, Fault
 from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.redact import redact
+from asr_daemon.settings import VendorSettings
 from asr_daemon.vendors.base import (
     FinalResult,
     PartialResult,
@@ -21,7 +22,6 @@ from asr_daemon.vendors.base import (
     VendorError,
     VendorEvent,
     VendorFailure,
-    VendorSettings,
 )
 from asr_daemon.vendors.tiro.adapter import TiroAdapter, TiroSettings
 from asr_daemon.vendors.transport import VendorStream, token_in, with_token

@@ -13,9 +13,10 @@ import pytest
 from wyoming.asr import Transcribe
 from wyoming.audio import AudioStart, AudioStop
 
+from asr_daemon.config import load_settings
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
-from asr_daemon.settings import ConfigError, load_settings
+from asr_daemon.settings import ConfigError
 from tests.support.daemon import running_daemon
 from tests.support.held_streams import (
     CHANNELS,

@@ -16,7 +16,7 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
-from asr_daemon.settings import load_settings
+from asr_daemon.config import load_settings
 from asr_daemon.sources import wyoming_reader
 from asr_daemon.sources.wyoming_reader import EventBuffer, EventStreamReader
 from asr_daemon.sources.wyoming_server import address_allowed

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from ..settings import ResilienceSettings
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,11 @@ class ResiliencePolicy:
     ping_timeout: float = 2.5
     # Unacknowledged TCP data (a path gone dark while we send) kills the socket after this long.
     tcp_user_timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: ResilienceSettings) -> Self:
+        """The policy the ``resilience:`` section configures (the TCP timeout keeps its default)."""
+        return cls(**settings.model_dump())
 
 
 DEFAULT_POLICY = ResiliencePolicy()

@@ -24,11 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
 # The vendor contract speaks in these: importable from here too.
 from ..audio.format import PCM16K as PCM16K
 from ..audio.format import AudioFormat as AudioFormat
+from ..settings import VendorSettings
 
 if TYPE_CHECKING:
     from ..resilience.policy import ResiliencePolicy
@@ -219,29 +218,7 @@ def json_message(vendor: str, message: str | bytes) -> dict[str, Any] | VendorEr
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Settings and adapters
-
-
-class VendorSettings(BaseModel):
-    """Keys every vendor has under ``vendors.<name>``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str | None = Field(
-        default=None, description="Endpoint override (a proxy, or the bundled emulator); default: the vendor's"
-    )
-    api_key: SecretStr | None = Field(default=None, description="API key (prefer api_key_file)")
-    api_key_file: str | None = Field(default=None, description="File holding the API key")
-    languages: list[str] = Field(description="Wyoming language codes routed to this vendor")
-    connect_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds to open the connection")
-    prewarm: bool = Field(
-        default=False,
-        description="Keep one connection open and ready so an utterance skips the handshakes (may count as usage)",
-    )
-
-    def key(self) -> str:
-        """The API key as text ('' when none is configured; the vendor then rejects the stream)."""
-        return self.api_key.get_secret_value() if self.api_key is not None else ""
+# Adapters
 
 
 class VendorAdapter(ABC):

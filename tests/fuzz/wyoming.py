@@ -25,6 +25,7 @@ from asr_daemon.info import build_info
 from asr_daemon.resilience.policy import ResiliencePolicy
 from asr_daemon.routing import Router
 from asr_daemon.session import SessionLimits
+from asr_daemon.settings import VendorSettings
 from asr_daemon.sources.wyoming_handler import HandlerContext, WyomingAsrHandler
 from asr_daemon.sources.wyoming_reader import EventStreamReader
 from asr_daemon.vendors.base import (
@@ -37,7 +38,6 @@ from asr_daemon.vendors.base import (
     StreamOptions,
     VendorAdapter,
     VendorEvent,
-    VendorSettings,
 )
 
 # The daemon's default limit on the data + payload sizes an event may claim.

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from asr_daemon.config import load_settings
 from asr_daemon.daemon import Daemon
-from asr_daemon.settings import load_settings
 
 
 def settings_for(config: dict[str, Any]) -> Any:

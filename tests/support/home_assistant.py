@@ -400,7 +400,7 @@ def speech_then_silence() -> tuple[bytes, int]:
 
 
 def _endpointing_config(enabled: bool) -> dict[str, Any]:
-    from asr_daemon.settings import Settings
+    from asr_daemon.config import Settings
 
     # Daemons without the setting have no endpointing: they behave as "enabled: false".
     return {"endpointing": {"enabled": enabled}} if "endpointing" in Settings.model_fields else {}

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure
 from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import AmiVoiceCodec
 

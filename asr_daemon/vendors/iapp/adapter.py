@@ -7,7 +7,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure
 from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import IAppCodec
 

@@ -13,7 +13,8 @@ from typing import ClassVar
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ...resilience.policy import ResiliencePolicy
-from ..base import Stream, StreamCodec, StreamOptions, VendorAdapter, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import Stream, StreamCodec, StreamOptions, VendorAdapter, VendorError, VendorFailure
 from .codec import LocalCodec
 from .engine import EngineConfig, LocalEngine, LocalStream
 from .grammar import EngineUnavailable, Grammar, GrammarError, build_grammar, check_phrases, missing_reason

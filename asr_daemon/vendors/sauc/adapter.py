@@ -10,7 +10,8 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ...credentials import read_secret_file, resolve_secret
-from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure
 from ..transport import ConnectRequest, WebSocketAdapter
 from .codec import RecognitionRequest, SaucCodec
 

@@ -10,7 +10,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure
 from ..transport import ConnectRequest, WebSocketAdapter, token_in, with_token
 from .codec import TiroCodec
 

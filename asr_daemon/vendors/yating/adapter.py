@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure, VendorSettings
+from ...settings import VendorSettings
+from ..base import StreamCodec, StreamOptions, VendorError, VendorFailure
 from ..transport import ConnectRequest, WebSocketAdapter, with_token
 from .codec import YatingCodec
 from .token import fetch_token
