@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStop
@@ -26,11 +26,10 @@ from asr_daemon.vendors.base import (
     PartialResult,
     StreamCompleted,
     StreamOptions,
-    VendorAdapter,
     VendorError,
     VendorFailure,
 )
-from asr_daemon.vendors.transport import VendorStream
+from asr_daemon.vendors.transport import VendorStream, WebSocketAdapter
 
 from .scenario import BYTES_PER_SECOND, CHANNELS, RATE, WIDTH, VendorCase
 
@@ -280,8 +279,61 @@ async def felt_daemon_stream(
     return result
 
 
+class _Upload:
+    """Audio to a vendor stream as the daemon sends it: whole codec messages as soon as the stream is ready, the
+    rest and the end-of-stream message at the end. Connecting starts at once, beside the first pieces."""
+
+    def __init__(self, stream: VendorStream) -> None:
+        self.stream = stream
+        self.size = stream.codec.chunk_bytes
+        self.buffer = bytearray()
+        self.connecting = asyncio.create_task(stream.connect())
+
+    async def push(self, piece: bytes) -> None:
+        self.buffer += piece
+        if self.connecting.done() and self.stream.ready:
+            self.connecting.result()
+            while len(self.buffer) >= self.size:
+                await self.stream.send_audio(bytes(self.buffer[: self.size]))
+                del self.buffer[: self.size]
+
+    async def end(self) -> None:
+        await self.connecting
+        await self.stream.wait_ready()
+        while self.buffer:
+            await self.stream.send_audio(bytes(self.buffer[: self.size]))
+            del self.buffer[: self.size]
+        await self.stream.end()
+
+    async def cancel(self) -> None:
+        if not self.connecting.done():
+            self.connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.connecting
+
+
+@contextlib.asynccontextmanager
+async def _direct_run(
+    stream: VendorStream, receiver: asyncio.Task[None], result: StreamResult, seconds: float
+) -> AsyncIterator[None]:
+    """One direct stream's run within ``seconds``: a vendor failure or the time running out becomes the
+    result's error; the receiver and the stream are closed however it ends."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except VendorFailure as failure:
+        result.error = f"vendor: {failure.error.message}"
+    except TimeoutError:
+        result.error = result.error or "timeout"
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        await stream.aclose()
+
+
 async def felt_direct_stream(
-    adapter: VendorAdapter,
+    adapter: WebSocketAdapter,
     case: VendorCase,
     pcm: bytes,
     *,
@@ -299,7 +351,6 @@ async def felt_direct_stream(
     result = StreamResult("vendor", case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
     options = StreamOptions(language=case.language, session_id=f"felt-{slot}-{iteration}")
     stream = VendorStream(adapter, options)
-    size = stream.codec.chunk_bytes
     voiced_at = final_at = 0.0
     segments: list[str] = []
     answered = asyncio.Event()
@@ -320,52 +371,28 @@ async def felt_direct_stream(
             answered.set()
 
     receiver = asyncio.create_task(receive())
-    try:
-        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
-            started = time.monotonic()
-            connecting = asyncio.create_task(stream.connect())
-            buffer = bytearray()
-            try:
-                for offset in range(0, len(pcm), piece_bytes):
-                    piece = pcm[offset : offset + piece_bytes]
-                    await _pace(started, offset + len(piece), pace)
-                    if answered.is_set():
-                        break
-                    buffer += piece
-                    result.sent_seconds = (offset + len(piece)) / BYTES_PER_SECOND
-                    if not voiced_at and offset + piece_bytes >= voiced_end:
-                        voiced_at = time.monotonic()
-                    if connecting.done() and stream.ready:
-                        connecting.result()
-                        while len(buffer) >= size:
-                            await stream.send_audio(bytes(buffer[:size]))
-                            del buffer[:size]
-                result.early = answered.is_set()
-                if not answered.is_set():
-                    await connecting
-                    await stream.wait_ready()
-                    while buffer:
-                        await stream.send_audio(bytes(buffer[:size]))
-                        del buffer[:size]
-                    await stream.end()
-                    await answered.wait()
-                result.text = join_segments(case.language, segments)
-                if final_at and voiced_at and result.error is None:
-                    result.latency = final_at - voiced_at
-            finally:
-                if not connecting.done():
-                    connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connecting
-    except VendorFailure as failure:
-        result.error = f"vendor: {failure.error.message}"
-    except TimeoutError:
-        result.error = result.error or "timeout"
-    finally:
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
-        await stream.aclose()
+    async with _direct_run(stream, receiver, result, result.audio_seconds / pace + STREAM_TIMEOUT):
+        started = time.monotonic()
+        upload = _Upload(stream)
+        try:
+            for offset in range(0, len(pcm), piece_bytes):
+                piece = pcm[offset : offset + piece_bytes]
+                await _pace(started, offset + len(piece), pace)
+                if answered.is_set():
+                    break
+                result.sent_seconds = (offset + len(piece)) / BYTES_PER_SECOND
+                if not voiced_at and offset + piece_bytes >= voiced_end:
+                    voiced_at = time.monotonic()
+                await upload.push(piece)
+            result.early = answered.is_set()
+            if not answered.is_set():
+                await upload.end()
+                await answered.wait()
+            result.text = join_segments(case.language, segments)
+            if final_at and voiced_at and result.error is None:
+                result.latency = final_at - voiced_at
+        finally:
+            await upload.cancel()
     return result
 
 
@@ -394,7 +421,7 @@ async def chunk_stream(
 
 
 async def direct_stream(
-    adapter: VendorAdapter,
+    adapter: WebSocketAdapter,
     case: VendorCase,
     pcm: bytes,
     *,
@@ -412,7 +439,6 @@ async def direct_stream(
     result = StreamResult("direct", case.vendor, slot, iteration, len(pcm) / BYTES_PER_SECOND, expected=case.text)
     options = StreamOptions(language=case.language, session_id=f"direct-{slot}-{iteration}")
     stream = VendorStream(adapter, options)
-    size = stream.codec.chunk_bytes
     started = stop_at = 0.0
     segments: list[str] = []
 
@@ -434,43 +460,19 @@ async def direct_stream(
                 return
 
     receiver = asyncio.create_task(receive())
-    try:
-        async with asyncio.timeout(result.audio_seconds / pace + STREAM_TIMEOUT):
-            started = time.monotonic()
-            connecting = asyncio.create_task(stream.connect())
-            buffer = bytearray()
-            try:
-                for offset in range(0, len(pcm), piece_bytes):
-                    piece = pcm[offset : offset + piece_bytes]
-                    await _pace(started, offset + len(piece), pace)
-                    buffer += piece
-                    if connecting.done() and stream.ready:
-                        connecting.result()
-                        while len(buffer) >= size:
-                            await stream.send_audio(bytes(buffer[:size]))
-                            del buffer[:size]
-                stop_at = time.monotonic()
-                await connecting
-                await stream.wait_ready()
-                while buffer:
-                    await stream.send_audio(bytes(buffer[:size]))
-                    del buffer[:size]
-                await stream.end()
-                await receiver
-            finally:
-                if not connecting.done():
-                    connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connecting
-    except VendorFailure as failure:
-        result.error = f"vendor: {failure.error.message}"
-    except TimeoutError:
-        result.error = result.error or "timeout"
-    finally:
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+    async with _direct_run(stream, receiver, result, result.audio_seconds / pace + STREAM_TIMEOUT):
+        started = time.monotonic()
+        upload = _Upload(stream)
+        try:
+            for offset in range(0, len(pcm), piece_bytes):
+                piece = pcm[offset : offset + piece_bytes]
+                await _pace(started, offset + len(piece), pace)
+                await upload.push(piece)
+            stop_at = time.monotonic()
+            await upload.end()
             await receiver
-        await stream.aclose()
+        finally:
+            await upload.cancel()
     return result
 
 

@@ -16,7 +16,7 @@ from asr_daemon.emulators.sauc import Zyun360Emulator
 from asr_daemon.emulators.tiro import TiroEmulator
 from asr_daemon.emulators.yating import YatingEmulator
 from asr_daemon.vendors import registry
-from asr_daemon.vendors.base import VendorAdapter
+from asr_daemon.vendors.transport import WebSocketAdapter
 from tests.support.speech import utterance
 
 API_KEY = "bench-key"
@@ -124,10 +124,13 @@ def cases_for(vendors: tuple[str, ...]) -> tuple[VendorCase, ...]:
     return tuple(case for case in CASES if case.vendor in vendors)
 
 
-def vendor_adapter(vendor: str, settings: dict[str, Any]) -> VendorAdapter:
-    """The vendor's adapter, built exactly as the daemon builds it, for the direct path."""
+def vendor_adapter(vendor: str, settings: dict[str, Any]) -> WebSocketAdapter:
+    """The vendor's adapter, built exactly as the daemon builds it, for the direct path (every benchmarked
+    vendor streams over a WebSocket)."""
     cls = registry.adapter_class(vendor)
-    return cls(cls.settings_model.model_validate(settings))
+    adapter = cls(cls.settings_model.model_validate(settings))
+    assert isinstance(adapter, WebSocketAdapter), vendor
+    return adapter
 
 
 def daemon_config(

@@ -16,7 +16,7 @@ import statistics
 from multiprocessing.connection import Connection
 from typing import Any
 
-from asr_daemon.vendors.base import VendorAdapter
+from asr_daemon.vendors.transport import WebSocketAdapter
 
 from .daemon_process import own_cpu_seconds
 from .load import (
@@ -127,7 +127,7 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
         )
 
 
-async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters: dict[str, VendorAdapter]) -> Any:
+async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters: dict[str, WebSocketAdapter]) -> Any:
     """What users feel, three modes side by side: N clients of each at once (see ``bench.report``)."""
     level, pace, piece, iterations = command["level"], command["pace"], command["piece"], command["iterations"]
     ports: dict[str, int] = command["felt"]
@@ -209,7 +209,7 @@ async def _through_daemon(
 
 
 async def _direct(
-    adapters: dict[str, VendorAdapter],
+    adapters: dict[str, WebSocketAdapter],
     speech: dict[str, bytes],
     piece: int,
     pace: float,
