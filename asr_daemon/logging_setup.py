@@ -86,6 +86,12 @@ def setup_logging(level: str = "info", fmt: str = "human") -> None:
     handler._asr_daemon = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Neither format shows a record's source line, thread or process: not looking them up saves a stack walk
+    # and system calls on every line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Library chatter stays at warning unless we debug.
     noisy = logging.WARNING if level != "debug" else logging.INFO
     for name in ("websockets", "zeroconf", "asyncio"):

@@ -43,7 +43,6 @@ from .vendors.base import (
     StreamOptions,
     VendorAdapter,
     VendorError,
-    VendorEvent,
     VendorFailure,
 )
 
@@ -112,6 +111,15 @@ class Transcript:
     fallback: bool = False
 
 
+@dataclass(slots=True)
+class _DirectSend:
+    """What ``_send_now`` needs of the sender's current connection."""
+
+    stream: Stream
+    timeline: ConnectionTimeline
+    keepalive: QuietTimer | None
+
+
 class _ConnectionLost(Exception):
     """The current vendor connection failed in a way a new connection may fix."""
 
@@ -159,7 +167,13 @@ class Session:
         self._retries = RetryBudget(self.policy.max_failures)
         self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
         self._audio_arrived = asyncio.Event()
-        # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _next_event).
+        # Where the current connection's audio has been sent up to (a buffer position).
+        self._sent_to = 0
+        # Set while the sender waits caught up and _accept may send for it (see _send_now).
+        self._direct: _DirectSend | None = None
+        # False: every vendor message goes through the sender's loop (the plain path tests compare against).
+        self.direct_sends = True
+        # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _receive).
         self._answer_deadline: asyncio.Timeout | None = None
         self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
         self._pending: list[FinalResult] = []  # finals of the current connection without times
@@ -366,9 +380,34 @@ class Session:
             self._charge(len(pcm) * self._seconds_per_byte)
         if self.all_audio is not None:
             self.all_audio += pcm
-        # Wake the sender once a whole vendor message is there, not for every small client chunk.
-        if after // self._chunk_bytes != before // self._chunk_bytes:
+        direct = self._direct
+        if direct is not None:
+            # The sender waits, caught up: whole vendor messages go out from here (the hot path, _send_now).
+            if after - self._sent_to >= self._chunk_bytes and not self._send_now(direct):
+                self._audio_arrived.set()
+        elif after // self._chunk_bytes != before // self._chunk_bytes:
+            # Wake the sender once a whole vendor message is there, not for every small client chunk.
             self._audio_arrived.set()
+
+    def _send_now(self, direct: _DirectSend) -> bool:
+        """Hot path of ``_send``'s loop: the whole vendor messages buffered, sent without waking the sender.
+
+        Per vendor message the sender's way costs an event, a task step and an awaited send. This runs only while
+        that loop would do nothing but send (a first connection, unpaced, waiting for audio) and keeps its
+        bookkeeping (position, connection clock, keepalive). False: the stream cannot take a message without
+        waiting; the sender, woken, goes on from the same position.
+        """
+        chunk_bytes = self._chunk_bytes
+        buffer = self._buffer
+        while buffer.end - self._sent_to >= chunk_bytes:
+            chunk = buffer.read(self._sent_to, chunk_bytes)
+            if not direct.stream.send_audio_now(chunk):
+                return False
+            direct.timeline.audio(chunk_bytes)
+            self._sent_to += chunk_bytes
+            if direct.keepalive is not None:
+                direct.keepalive.mark()
+        return True
 
     async def _run(self) -> None:
         name = self.adapter.name
@@ -472,22 +511,24 @@ class Session:
                 ) from None
         # The first connection gets audio at the client's own pace; a replay would burst, so it is paced.
         pacer = Pacer(self._target.bytes_per_second, self._speed if replaying else None)
-        position = self._buffer.start
+        self._sent_to = self._buffer.start
         silence = b"\x00" * self._chunk_bytes
         # Silence is sent once no audio went out for keepalive_seconds (one timer, not one per message).
         keepalive = QuietTimer(self._keepalive, self._audio_arrived.set) if self._keepalive is not None else None
+        # While this loop waits caught up, new audio is sent by _accept (unpaced connections only).
+        direct = _DirectSend(stream, timeline, keepalive) if pacer.rate is None and self.direct_sends else None
         try:
             while not stream.closed:
-                available = self._buffer.end - position
+                available = self._buffer.end - self._sent_to
                 if available >= self._chunk_bytes or (self._finishing and available > 0):
-                    chunk = self._buffer.read(position, self._chunk_bytes)
+                    chunk = self._buffer.read(self._sent_to, self._chunk_bytes)
                     delay = pacer.delay_for(len(chunk))
                     if delay:
                         await asyncio.sleep(delay)
                     await stream.send_audio(chunk)
                     pacer.sent_bytes(len(chunk))
                     timeline.audio(len(chunk))
-                    position += len(chunk)
+                    self._sent_to += len(chunk)
                     if keepalive is not None:
                         keepalive.mark()
                     continue
@@ -506,43 +547,46 @@ class Session:
                 self._audio_arrived.clear()
                 if keepalive is not None:
                     keepalive.start()
-                await self._audio_arrived.wait()
+                self._direct = direct
+                try:
+                    await self._audio_arrived.wait()
+                finally:
+                    self._direct = None
         finally:
             if keepalive is not None:
                 keepalive.cancel()
 
     async def _receive(self, stream: Stream, timeline: ConnectionTimeline) -> None:
         name = self.adapter.name
-        while True:
-            event = await self._next_event(stream)
-            if isinstance(event, PartialResult):
-                self._partial = event.text
-                self._report_partial()
-            elif isinstance(event, FinalResult):
-                self._on_final(event, timeline)
-                self._partial = ""
-                self._report_partial()
-            elif isinstance(event, StreamCompleted):
-                if not self._finishing or not stream.codec.ended:
-                    raise _ConnectionLost(VendorError("the vendor ended the stream before the end of audio"))
-                self._complete()
-                return
-            elif isinstance(event, VendorError):
-                if event.fatal:
-                    self.fail(SessionError.from_vendor(name, event))
-                    return
-                raise _ConnectionLost(event)
-
-    async def _next_event(self, stream: Stream) -> VendorEvent:
-        """The vendor's next event; once it owes us the final answer, its silence means a dead link."""
+        events = stream.events
         try:
+            # One deadline for the connection, not one per event: unset until the vendor owes the final answer
+            # (the sender sets it when the end of audio goes out); then each event the vendor sends moves it on.
             async with asyncio.timeout(None) as deadline:
+                self._answer_deadline = deadline
                 if stream.end_sent.is_set():
                     self._start_answer_deadline(deadline)
-                else:
-                    # Until then a silent vendor is fine; the sender sets the deadline when the end goes out.
-                    self._answer_deadline = deadline
-                return await stream.events.get()
+                while True:
+                    event = await events.get()
+                    if deadline.when() is not None:
+                        deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                    if isinstance(event, PartialResult):
+                        self._partial = event.text
+                        self._report_partial()
+                    elif isinstance(event, FinalResult):
+                        self._on_final(event, timeline)
+                        self._partial = ""
+                        self._report_partial()
+                    elif isinstance(event, StreamCompleted):
+                        if not self._finishing or not stream.codec.ended:
+                            raise _ConnectionLost(VendorError("the vendor ended the stream before the end of audio"))
+                        self._complete()
+                        return
+                    elif isinstance(event, VendorError):
+                        if event.fatal:
+                            self.fail(SessionError.from_vendor(name, event))
+                            return
+                        raise _ConnectionLost(event)
         except TimeoutError:
             raise _ConnectionLost(
                 VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")

@@ -197,15 +197,17 @@ class Utterance:
         if self.started is None:
             self.started = time.time()
         self._publish(EventKind.UTTERANCE_START, started=self.started)
-        audio = f", audio {fmt.rate} Hz/{fmt.width * 8}-bit/{fmt.channels} ch" if fmt is not None else ""
-        _LOGGER.info(
-            "session %s: %s → %s (%s)%s",
-            self.id,
-            self.source,
-            adapter.name,
-            repr(self.language) if self.language else "default",
-            audio,
-        )
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            # At info an utterance is one line, written when it ends (a Pi's journal keeps months of them).
+            audio = f", audio {fmt.rate} Hz/{fmt.width * 8}-bit/{fmt.channels} ch" if fmt is not None else ""
+            _LOGGER.debug(
+                "session %s: %s → %s (%s)%s",
+                self.id,
+                self.source,
+                adapter.name,
+                repr(self.language) if self.language else "default",
+                audio,
+            )
         return True
 
     def feed(self, data: bytes, fmt: AudioFormat) -> None:
@@ -362,8 +364,9 @@ class Utterance:
             self.services.observe(session, result, None)
         text = result.text
         _LOGGER.info(
-            "session %s: %s %s, %.1f s of audio → %d chars, final %.0f ms after the end of audio%s",
+            "session %s: %s → %s %s, %.1f s of audio → %d chars, final %.0f ms after the end of audio%s",
             self.id,
+            self.source,
             session.adapter.name,
             repr(session.options.language) if session.options.language else "-",
             result.audio_seconds,

@@ -488,9 +488,16 @@ class WyomingAsrHandler(AsyncEventHandler):
     async def _write(self, event: Event) -> None:
         if self._closing:
             return
+        data = _framed(event)
+        transport = self.writer.transport
+        if not self._write_lock.locked() and not transport.is_closing() and not transport.get_write_buffer_size():
+            # Hot path (partials, the transcript): the socket took everything before, so this cannot have to
+            # wait; the lock, the timeout and the drain below are for a client that stopped reading.
+            transport.write(data)
+            return
         try:
             async with self._write_lock, asyncio.timeout(WRITE_TIMEOUT):
-                self.writer.write(_framed(event))
+                self.writer.write(data)
                 await self.writer.drain()
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             _LOGGER.info("%s: cannot write to the client (%s); closing", self.log_prefix, type(exc).__name__)

@@ -336,6 +336,10 @@ class Stream(Protocol):
 
     async def send_audio(self, pcm: bytes) -> None: ...
 
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """``send_audio`` without waiting, where the stream can take it at once; False (nothing sent): it cannot."""
+        ...
+
     async def end(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -367,6 +371,10 @@ class BaseStream:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """Streams that have no way to send without waiting take their audio through ``send_audio`` only."""
+        return False
 
     async def wait_ready(self) -> None:
         ready = asyncio.create_task(self._ready.wait())

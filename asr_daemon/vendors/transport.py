@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
+from websockets.protocol import State
 from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
 
@@ -167,6 +168,30 @@ class VendorStream(BaseStream):
 
     async def send_audio(self, pcm: bytes) -> None:
         await self.send(self.codec.send_audio(pcm))
+
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """Hot path of ``send_audio`` (the session's, once per vendor message): the frames are written at once.
+
+        ``send()`` awaits the connection's send context for every message: its checks, a drain and a task step
+        cost several times the write itself. This writes the same frames through the same protocol object, and
+        only where ``send()`` would not wait either: the connection is open, no fragmented message is on its way
+        and the socket's buffer is below its high-water mark. Otherwise nothing is encoded or sent and the caller
+        uses ``send_audio``. tests/test_session_send.py checks that both paths give the vendor the same messages.
+        """
+        ws = self._ws
+        if ws is None or ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+            return False
+        protocol = ws.protocol
+        for message in self.codec.send_audio(pcm):
+            if isinstance(message, str):
+                protocol.send_text(message.encode())
+            else:
+                protocol.send_binary(message)
+        try:
+            ws.send_data()
+        except Exception:  # the link broke: the reader reports the closed connection
+            ws.transport.abort()
+        return True
 
     async def end(self) -> None:
         await self.send(self.codec.end())
