@@ -40,15 +40,17 @@ MAX_VENDOR_MESSAGE = 1 << 20
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment (``https_proxy``, ``no_proxy``, ...) names for a vendor URL; once per host."""
-    uri = parse_uri(url)
-    return _proxy_for_host(uri.secure, uri.host, uri.port)
+    """The proxy the environment (``https_proxy``, ``no_proxy``, ...) names for a vendor URL; once per origin."""
+    scheme, _, rest = url.partition("://")
+    origin = rest.split("/", 1)[0].split("?", 1)[0]
+    return _proxy_for_origin(f"{scheme}://{origin}/")
 
 
 @lru_cache(maxsize=64)
-def _proxy_for_host(secure: bool, host: str, port: int) -> str | None:
-    # The environment does not change while the daemon runs; scanning it costs more than a whole audio message.
-    return get_proxy(parse_uri(f"{'wss' if secure else 'ws'}://{host}:{port}/"))
+def _proxy_for_origin(origin_url: str) -> str | None:
+    # The environment does not change while the daemon runs; parsing the URL and scanning the environment cost
+    # more than a whole audio message. The origin, not the URL: a URL may carry a one-time token.
+    return get_proxy(parse_uri(origin_url))
 
 
 def rejection_error(status: int, body: bytes) -> VendorError:
