@@ -40,7 +40,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -75,7 +75,7 @@ class _Final:
 
     event: AsrEvent
     # Its sequence number in the spool once written (an exception: the write failed).
-    stored: asyncio.Future[int]
+    stored: Future[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +289,7 @@ class MqttSink:
     async def handle(self, event: AsrEvent) -> None:
         topics = self.topics
         if event.kind is EventKind.TRANSCRIPT:
-            stored = self._on_spool(self.spool.append, event.to_dict())
+            stored = self._spool_thread.submit(self.spool.append, event.to_dict())
             stored.add_done_callback(_log_spool_failure)
             if self.connected.is_set() and not self._backlog:
                 self._fresh.append(_Final(event, stored))
@@ -420,12 +420,8 @@ class MqttSink:
             if self._fresh:
                 final = self._fresh[0]
                 await self._send_final(client, final.event)
-                try:
-                    seq: int | None = await asyncio.shield(final.stored)
-                except Exception:
-                    seq = None  # not spooled (logged): nothing to remove
-                if seq is not None:
-                    await self._on_spool(self.spool.remove, seq)
+                # Removed once written; the next final does not wait for the disk.
+                self._spool_thread.submit(self._remove_stored, final.stored)
                 if self._fresh and self._fresh[0] is final:
                     self._fresh.popleft()
                 self.finals_published += 1
@@ -466,8 +462,13 @@ class MqttSink:
     def _on_spool(self, call: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         return asyncio.get_running_loop().run_in_executor(self._spool_thread, call, *args)
 
+    def _remove_stored(self, stored: Future[int]) -> None:
+        """On the spool's thread, after the write (its one thread runs the jobs in order): forget the record."""
+        if stored.done() and not stored.cancelled() and stored.exception() is None:
+            self.spool.remove(stored.result())
 
-def _log_spool_failure(stored: asyncio.Future[int]) -> None:
+
+def _log_spool_failure(stored: Future[int]) -> None:
     if stored.cancelled():
         return
     error = stored.exception()
