@@ -361,6 +361,7 @@ def write(run: Run, out: Path, seconds: float) -> dict[str, Any]:
             for f, level in zip(felt, run.felt, strict=True)
         ],
         "felt_log_errors": run.felt_log_errors,
+        "satellite_skipped": run.satellite_skipped,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
     plots = _plots(figures, out)

@@ -397,7 +397,7 @@ async def _start_satellites(
         result.satellite_skipped = "mosquitto is not installed (apt install mosquitto)"
         _say(f"satellite mode skipped: {result.satellite_skipped}")
         return None
-    broker = stack.enter_context(Mosquitto(workdir / "mqtt"))
+    broker = stack.enter_context(Mosquitto(workdir / "mqtt", for_timing=True))
     count = max(plan.satellite_levels)
     uris: dict[str, str] = await clients.ask({"satellites": count, "broker": [broker.host, broker.port]})
 
