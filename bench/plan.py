@@ -151,7 +151,7 @@ class Run:
     levels: list[LevelRun] = field(default_factory=list)
     # The same levels with the plan's other chunk sizes (CPU and added latency only).
     other_pieces: list[LevelRun] = field(default_factory=list)
-    # What users feel: one per felt level, the three modes side by side.
+    # What users feel: one per felt level (and satellite level), the modes side by side.
     felt: list[FeltRun] = field(default_factory=list)
     # Warnings and errors the endpointing daemon (and the satellite daemon) logged.
     felt_log_errors: list[str] = field(default_factory=list)

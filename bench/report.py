@@ -534,6 +534,9 @@ def _write_markdown(
         "- What users feel: a second daemon with `endpointing` on serves mode (a); the load daemon serves (b); (c) "
         "goes straight to the emulators. The last voiced frame is the last 10 ms frame whose RMS reaches "
         "300 (about −40 dBFS); its time is when the client sent the piece holding it.",
+        "- Satellite mode (d), with mosquitto: a third daemon (endpointing on, its MQTT sink on a mosquitto the bench "
+        "starts on 127.0.0.1, its spool on this machine's disk) drives emulated satellites (`bench/satellite.py`) in "
+        "the clients' process; the transcript's time is its arrival at an MQTT subscriber in that process.",
         "- Percentiles are linear-interpolated; p99 of fewer than 100 streams is close to the maximum.",
         "- Start-up: spawn → the port accepts → a describe is answered, for separate cold starts.",
         "",

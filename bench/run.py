@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="more chunk sizes measured at levels 1 and 50 for CPU and added latency (default 1024; '' for none)",
     )
     parser.add_argument(
-        "--felt-levels", help="levels of the felt-latency section, three modes side by side (default 1,50; '' skips)"
+        "--felt-levels", help="levels of the felt-latency section, its modes side by side (default 1,50; '' skips)"
     )
     parser.add_argument(
         "--satellite-levels",
