@@ -433,3 +433,26 @@ async def test_a_final_whose_connection_drops_before_the_broker_took_it_is_deliv
             await asyncio.sleep(0.3)
     assert [p["text"] for p in consumer.payloads(topic)] == ["切れる前", "つながった後"]
     assert not list((tmp_path / "spool").glob("*.json"))
+
+
+async def test_a_final_right_after_another_message_does_not_wait_for_the_brokers_delayed_ack(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """An utterance's end (QoS 0) and its final go out back to back: the final must not sit in the socket until
+    the broker acknowledges the first packet (Nagle's algorithm against the broker's 40 ms delayed ACK)."""
+    topic = f"{BASE}/transcript"
+    sink = sink_for(broker, tmp_path)
+    delays: list[float] = []
+    async with Watcher(broker, topic) as consumer, sink:
+        await asyncio.wait_for(sink.connected.wait(), 10)
+        for index in range(20):
+            await sink.handle(AsrEvent(EventKind.UTTERANCE_END, source="satellite:kitchen", session=str(index)))
+            await asyncio.sleep(0.002)  # the utterance's end is on the wire, not yet acknowledged
+            sent = asyncio.get_running_loop().time()
+            await sink.handle(final_event(str(index)))
+            await consumer.wait_for(lambda w, sent_so_far=index + 1: len(w.on(topic)) >= sent_so_far, timeout=5)
+            delays.append(asyncio.get_running_loop().time() - sent)
+            await asyncio.sleep(0.05)
+    delays.sort()
+    # Held back by the delayed ACK, most would take 40 ms or more; a busy machine delays a few, not the median.
+    assert delays[len(delays) // 2] < 0.025, [round(d * 1000) for d in delays]

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,6 +65,9 @@ MAX_LIVE = 256
 SATELLITE_PREFIX = "satellite:"
 # Seconds to wait for the broker to acknowledge one message before the connection is considered broken.
 PUBLISH_TIMEOUT = 10.0
+# The sink sends small messages back to back (an utterance's end, then its final): with Nagle's algorithm the
+# second would wait for the broker's delayed ACK of the first, 40 ms on Linux.
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 _T = TypeVar("_T")
@@ -329,6 +333,7 @@ class MqttSink:
             keepalive=settings.keepalive,
             timeout=PUBLISH_TIMEOUT,
             tls_params=tls,
+            socket_options=SOCKET_OPTIONS,
             logger=logging.getLogger("asr_daemon.sinks.mqtt.paho"),
         )
 
