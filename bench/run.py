@@ -400,6 +400,8 @@ async def _start_satellites(
     broker = stack.enter_context(Mosquitto(workdir / "mqtt", for_timing=True))
     count = max(plan.satellite_levels)
     uris: dict[str, str] = await clients.ask({"satellites": count, "broker": [broker.host, broker.port]})
+    if "error" in uris:
+        raise RuntimeError(f"satellite mode: {uris['error']}")
 
     async def stop_satellites() -> None:
         await clients.ask({"satellites_stop": True}, timeout=30)

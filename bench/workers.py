@@ -132,7 +132,10 @@ async def _serve_clients(
             return
         if "satellites" in command:
             names = [satellite_name(slot, case.vendor) for slot in range(command["satellites"]) for case in cases]
-            conn.send(await satellites.start(names, tuple(command["broker"])))
+            try:
+                conn.send(await satellites.start(names, tuple(command["broker"])))
+            except Exception as exc:  # reported to the orchestrator, which stops the run with it
+                conn.send({"error": f"the satellites or the MQTT watcher could not start: {exc!r}"})
             continue
         if "satellites_connected" in command:
             try:
