@@ -58,6 +58,9 @@ class StreamResult:
     early: bool | None = None
     # Felt-latency streams: the audio seconds actually sent (an early answer stops the upload).
     sent_seconds: float | None = None
+    # Satellite mode: seconds from the last voiced piece to the transcript on the satellite's own connection
+    # (``latency`` is to its arrival on MQTT).
+    link_latency: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -42,6 +42,11 @@ class Plan:
     felt_samples: int = 100
     felt_samples_single: int = 20
     felt_tail_seconds: float = 3.0
+    # The satellite mode (emulated satellites, the transcript timed on MQTT; needs mosquitto): at these numbers
+    # of satellites commanding at once. At a level also in ``felt_levels`` it joins that level's rounds; at
+    # another it runs with mode (a) alone, ``satellite_samples`` commands per mode.
+    satellite_levels: tuple[int, ...] = (1, 5)
+    satellite_samples: int = 20
     # Keep the daemon's configs and logs here (default: a temporary directory, removed at the end).
     keep: Path | None = None
     name: str = "full"
@@ -57,6 +62,10 @@ class Plan:
         wanted = self.felt_samples_single if level == 1 else self.felt_samples
         return max(self.min_iterations, math.ceil(wanted / level))
 
+    def satellite_iterations(self, level: int) -> int:
+        """Commands per satellite at a satellite level that is not a felt level."""
+        return max(self.min_iterations, math.ceil(self.satellite_samples / level))
+
 
 PRESETS: dict[str, Plan] = {
     "full": Plan(),
@@ -69,6 +78,7 @@ PRESETS: dict[str, Plan] = {
         floor_seconds=5.0,
         felt_samples=50,
         felt_samples_single=8,
+        satellite_samples=10,
         name="quick",
     ),
     # CI's smoke run: proves the machinery works end to end in seconds; its figures mean nothing.
@@ -88,6 +98,8 @@ PRESETS: dict[str, Plan] = {
         felt_samples=1,
         felt_samples_single=1,
         felt_tail_seconds=1.5,
+        satellite_levels=(1, 2),
+        satellite_samples=1,
         name="tiny",
     ),
 }
@@ -117,7 +129,8 @@ class LevelRun:
 
 @dataclass
 class FeltRun:
-    """One level of the felt-latency section: the streams of every mode, and the endpointing daemon's CPU."""
+    """One level of the felt-latency section: the streams of every mode, and the endpointing daemon's CPU (and
+    the satellite daemon's, when the satellite mode ran)."""
 
     level: int
     iterations: int
@@ -125,6 +138,8 @@ class FeltRun:
     endpointing_cpu_seconds: float
     endpointing_audio_seconds: float
     wall_seconds: float
+    satellite_cpu_seconds: float = 0.0
+    satellite_audio_seconds: float = 0.0
 
 
 @dataclass
@@ -136,9 +151,11 @@ class Run:
     levels: list[LevelRun] = field(default_factory=list)
     # The same levels with the plan's other chunk sizes (CPU and added latency only).
     other_pieces: list[LevelRun] = field(default_factory=list)
-    # What users feel: one per felt level, the three modes side by side.
+    # What users feel: one per felt level (and satellite level), the modes side by side.
     felt: list[FeltRun] = field(default_factory=list)
-    # Warnings and errors the endpointing daemon logged.
+    # Warnings and errors the endpointing daemon (and the satellite daemon) logged.
     felt_log_errors: list[str] = field(default_factory=list)
+    # Why the satellite mode did not run (None: it ran, or was not asked for).
+    satellite_skipped: str | None = None
     after: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)

@@ -33,11 +33,15 @@ BUDGET_CPU_PCT_PER_STREAM = 0.5
 BUDGET_FELT_RATIO = 0.5
 BUDGET_FELT_VENDOR_MS = 50.0
 BUDGET_FELT_SPREAD_MS = 100.0
+# A satellite's transcript on MQTT at most this much later than mode (a)'s answer, p50 at 1 stream.
+BUDGET_FELT_SATELLITE_MS = 50.0
 # The felt-latency modes, in the order shown.
 FELT_MODES = {
     "endpointing": "(a) endpointing on, client stops uploading at the transcript",
     "ha-vad": "(b) endpointing off, audio-stop where Home Assistant's VAD would send it (pymicro-vad, 0.7 s)",
     "vendor": "(c) direct vendor client: the vendor's own final",
+    "satellite": "(d) an emulated wyoming-satellite driven by a daemon with endpointing on (its `satellites:`), "
+    "the same audio in the same pieces at the same pace as (a): the transcript's arrival on MQTT (mosquitto)",
 }
 BUDGET_IDLE_RSS_MB = 45.0
 BUDGET_READY_S = 1.0
@@ -149,8 +153,11 @@ def felt_figures(felt: FeltRun) -> dict[str, Any]:
     for mode in FELT_MODES:
         streams = [r for r in felt.results if r.path == mode]
         latencies = [r.latency for r in streams if r.ok and r.latency is not None]
+        links = [r.link_latency for r in streams if r.ok and r.link_latency is not None]
         figures[mode] = {
             "n": len(latencies),
+            "streams": len(streams),
+            "link_p50": ms(pct(links, 50)),
             "p50": ms(pct(latencies, 50)),
             "p95": ms(pct(latencies, 95)),
             "early": sum(1 for r in streams if r.early),
@@ -162,6 +169,8 @@ def felt_figures(felt: FeltRun) -> dict[str, Any]:
         }
     audio = felt.endpointing_audio_seconds
     figures["endpointing_cpu_pct_per_stream"] = 100 * felt.endpointing_cpu_seconds / audio if audio else None
+    audio = felt.satellite_audio_seconds
+    figures["satellite_cpu_pct_per_stream"] = 100 * felt.satellite_cpu_seconds / audio if audio else None
     figures["wall_seconds"] = felt.wall_seconds
     return figures
 
@@ -172,6 +181,7 @@ def felt_line(felt: FeltRun) -> str:
     return "; ".join(
         f"{mode} p50/p95 {_f(f[mode]['p50'])}/{_f(f[mode]['p95'])} ms ({f[mode]['failed']} failed)"
         for mode in FELT_MODES
+        if f[mode]["streams"]
     )
 
 
@@ -248,7 +258,7 @@ def _felt_budgets(felt: list[dict[str, Any]], row: Any) -> None:
     """What users feel: endpointing against Home Assistant's VAD and the vendor's own final, and under load."""
     one = next((f for f in felt if f["level"] == 1), None)
     loaded = max((f for f in felt if f["level"] > 1), key=lambda f: f["level"], default=None)
-    a, b, c = (one[mode]["p50"] if one else None for mode in FELT_MODES)
+    a, b, c, d = (one[mode]["p50"] if one else None for mode in ("endpointing", "ha-vad", "vendor", "satellite"))
     ratio = a / b if a is not None and b else None
     row("felt latency p50, 1 stream: endpointing ÷ Home Assistant's VAD", f"≤ {BUDGET_FELT_RATIO:g}", ratio,
         f"{_f(a)} ÷ {_f(b)} ms = {_f(ratio, 2)}", _le(ratio, BUDGET_FELT_RATIO), "felt 1")  # fmt: skip
@@ -261,6 +271,9 @@ def _felt_budgets(felt: list[dict[str, Any]], row: Any) -> None:
     level = loaded["level"] if loaded else 50
     row(f"felt latency p95, endpointing: {level} streams − 1 stream", f"≤ {BUDGET_FELT_SPREAD_MS:g} ms", spread,
         f"{_f(high)} − {_f(low)} = {_f(spread)} ms", _le(spread, BUDGET_FELT_SPREAD_MS), f"felt {level}")  # fmt: skip
+    behind = d - a if d is not None and a is not None else None
+    row("felt latency p50, satellite → MQTT − Wyoming request", f"≤ {BUDGET_FELT_SATELLITE_MS:g} ms", behind,
+        f"{_f(d)} − {_f(a)} = {_f(behind)} ms", _le(behind, BUDGET_FELT_SATELLITE_MS), "felt 1")  # fmt: skip
 
 
 def _le(value: float | None, limit: float) -> bool | None:
@@ -348,6 +361,7 @@ def write(run: Run, out: Path, seconds: float) -> dict[str, Any]:
             for f, level in zip(felt, run.felt, strict=True)
         ],
         "felt_log_errors": run.felt_log_errors,
+        "satellite_skipped": run.satellite_skipped,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
     plots = _plots(figures, out)
@@ -396,7 +410,7 @@ def _write_markdown(
             f"The wake-up floor on this machine: a Python process ({env.get('floor_event_loop')}) that is sent the "
             f"same chunks at the same pace and only receives them costs, per real-time stream, {shown} (Resources).",
         ]
-    lines += _felt_section(felt or [], len(run.felt_log_errors))
+    lines += _felt_section(felt or [], len(run.felt_log_errors), run.satellite_skipped)
     lines += _other_pieces_section(figures, other_pieces or [])
     lines += [
         "",
@@ -520,6 +534,9 @@ def _write_markdown(
         "- What users feel: a second daemon with `endpointing` on serves mode (a); the load daemon serves (b); (c) "
         "goes straight to the emulators. The last voiced frame is the last 10 ms frame whose RMS reaches "
         "300 (about −40 dBFS); its time is when the client sent the piece holding it.",
+        "- Satellite mode (d), with mosquitto: a third daemon (endpointing on, its MQTT sink on a mosquitto the bench "
+        "starts on 127.0.0.1, its spool on this machine's disk) drives emulated satellites (`bench/satellite.py`) in "
+        "the clients' process; the transcript's time is its arrival at an MQTT subscriber in that process.",
         "- Percentiles are linear-interpolated; p99 of fewer than 100 streams is close to the maximum.",
         "- Start-up: spawn → the port accepts → a describe is answered, for separate cold starts.",
         "",
@@ -534,7 +551,7 @@ def _write_markdown(
     path.write_text("\n".join(lines) + (notes if notes else "\n"))
 
 
-def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
+def _felt_section(felt: list[dict[str, Any]], log_errors: int, satellite_skipped: str | None = None) -> list[str]:
     if not felt:
         return []
     lines = [
@@ -542,8 +559,8 @@ def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
         "## What users feel: last voiced frame → transcript (ms)",
         "",
         "From sending the audio piece that holds the command's last voiced 10 ms frame to reading the answer, "
-        "three modes side by side in the same run, against the same emulators (their default end-of-speech). At "
-        "one client the three run at once; at N clients each mode runs alone, one after the other, so that each "
+        "the modes side by side in the same run, against the same emulators (their default end-of-speech). At "
+        "one client they run at once; at N clients each mode runs alone, one after the other, so that each "
         "sees N streams. The audio is the command followed by seconds of silence. Clients upload at real-time "
         "pace while reading, and stop uploading at the first `transcript`, as Home Assistant 2026.11 does.",
         "",
@@ -555,22 +572,39 @@ def _felt_section(felt: list[dict[str, Any]], log_errors: int) -> list[str]:
     for f in felt:
         for mode in FELT_MODES:
             m = f[mode]
-            lines.append(
-                f"| {f['level']} | {mode} | {m['n']} | {_f(m['p50'])} | {_f(m['p95'])} | {m['early']} | {m['failed']} |"
-            )
+            if m["streams"]:
+                lines.append(
+                    f"| {f['level']} | {mode} | {m['n']} | {_f(m['p50'])} | {_f(m['p95'])} | {m['early']} "
+                    f"| {m['failed']} |"
+                )
     vendors = sorted({vendor for f in felt for vendor in f["endpointing"]["vendors_p50"]})
     lines += ["", "p50 per vendor (ms):", "", "| clients | mode | " + " | ".join(vendors) + " |"]
     lines.append("|---|---|" + "---|" * len(vendors))
     for f in felt:
         for mode in FELT_MODES:
-            cells = " | ".join(_f(f[mode]["vendors_p50"].get(vendor)) for vendor in vendors)
-            lines.append(f"| {f['level']} | {mode} | {cells} |")
+            if f[mode]["streams"]:
+                cells = " | ".join(_f(f[mode]["vendors_p50"].get(vendor)) for vendor in vendors)
+                lines.append(f"| {f['level']} | {mode} | {cells} |")
     cpu = ", ".join(f"{_f(f['endpointing_cpu_pct_per_stream'], 2)} % at {f['level']}" for f in felt)
     lines += [
         "",
         f"CPU per real-time stream of the endpointing daemon meanwhile (audio sent to it): {cpu}; warnings and "
-        f"errors in its log: {log_errors}.",
+        f"errors in its log (and the satellite daemon's): {log_errors}.",
     ]
+    with_satellites = [f for f in felt if f["satellite"]["streams"]]
+    if with_satellites:
+        links = ", ".join(f"p50 {_f(f['satellite']['link_p50'])} ms at {f['level']}" for f in with_satellites)
+        cpu = ", ".join(f"{_f(f['satellite_cpu_pct_per_stream'], 2)} % at {f['level']}" for f in with_satellites)
+        lines += [
+            "",
+            "Satellite mode: one satellite per client slot and vendor (a satellite's language is fixed), each "
+            "command sent as `run-pipeline` (start_stage asr) and audio chunks, the satellite streaming until the "
+            "daemon's `transcript` comes back on its connection, as wyoming-satellite does. The transcript on that "
+            f"connection: {links} (the rest of (d) is the MQTT sink, the broker and the subscriber). The satellite "
+            f"daemon's CPU per real-time stream: {cpu}.",
+        ]
+    if satellite_skipped:
+        lines += ["", f"Satellite mode not run: {satellite_skipped}."]
     return lines
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from asr_daemon import __version__
 
-from . import report, workers
+from . import report, satellite, workers
 from .daemon_process import (
     ROOT,
     DaemonProcess,
@@ -279,7 +279,7 @@ async def run(plan: Plan) -> Run:
                                 await measure_floor(plan, level_run, floor, clients)
                             result.other_pieces.append(level_run)
                             _say("  " + report.level_line(level_run))
-                if plan.felt_levels:
+                if plan.felt_levels or plan.satellite_levels:
                     await measure_felt(plan, result, vendors, daemon, clients, workdir)
                 await asyncio.sleep(plan.idle_seconds)
                 result.after = {"rss_bytes": memory(daemon.pid).get("VmRSS", 0)}
@@ -306,50 +306,121 @@ async def run(plan: Plan) -> Run:
 async def measure_felt(
     plan: Plan, result: Run, vendors: dict[str, dict[str, Any]], daemon: DaemonProcess, clients: Worker, workdir: Path
 ) -> None:
-    """What users feel, three modes side by side at each felt level: a second daemon with endpointing on, the
-    load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client."""
-    max_sessions = min(1024, max(64, 2 * max(plan.felt_levels) + 16))
+    """What users feel, the modes side by side at each felt level: a second daemon with endpointing on, the
+    load daemon (endpointing off) behind a client that ends audio like Home Assistant's VAD, the direct client;
+    and, with mosquitto, a third daemon driving emulated satellites whose transcripts are timed on MQTT."""
+    max_sessions = min(1024, max(64, 2 * max(plan.felt_levels, default=1) + 16))
     config = daemon_config(free_port(), vendors, max_sessions, endpointing=True)
     endpointing = await start_daemon(config, workdir, "daemon-endpointing")
     ports = {"endpointing": endpointing.port, "ha-vad": daemon.port}
+    watched = [endpointing]
     try:
-        base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
-        modes = list(FELT_MODES)
-        # The new daemon's first utterance per vendor imports its codec: not measured.
-        await clients.ask({**base, "modes": modes, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0})
-        for level in plan.felt_levels:
-            iterations = plan.felt_iterations(level)
-            # One client of each mode at once loads nothing; at N streams each mode runs alone, so that each sees
-            # N streams (and the emulators N, not 3N).
-            rounds = [modes] if level == 1 else [[mode] for mode in modes]
-            _say(f"felt latency, level {level}: {' then '.join('+'.join(r) for r in rounds)}, x {iterations} each")
-            results: list[StreamResult] = []
-            cpu = wall = 0.0
-            for round_modes in rounds:
-                command = {**base, "modes": round_modes, "level": level, "iterations": iterations, "pace": plan.pace}
-                before = cpu_seconds(endpointing.pid)
-                started = time.monotonic()
-                answer = await clients.ask(command)
-                if "endpointing" in round_modes:
-                    wall = time.monotonic() - started
-                    cpu = cpu_seconds(endpointing.pid) - before
-                results += [StreamResult(**stream) for stream in answer["results"]]
-            felt = FeltRun(
-                level=level,
-                iterations=iterations,
-                results=results,
-                endpointing_cpu_seconds=cpu,
-                endpointing_audio_seconds=_sent_seconds(results, "endpointing"),
-                wall_seconds=wall,
-            )
-            result.felt.append(felt)
-            _say("  " + report.felt_line(felt))
+        async with contextlib.AsyncExitStack() as stack:
+            satellites = await _start_satellites(plan, result, vendors, clients, workdir, stack)
+            if satellites is not None:
+                watched.append(satellites)
+            base = {"felt": ports, "piece": plan.piece_bytes, "tail_seconds": plan.felt_tail_seconds}
+            modes = [mode for mode in FELT_MODES if mode != "satellite" or satellites is not None]
+            # The new daemons' first utterance per vendor imports its codec: not measured.
+            warm = {**base, "modes": modes, "level": 1, "iterations": len(cases_for(plan.vendors)), "pace": 8.0}
+            await clients.ask(warm)
+            satellite_levels = set(plan.satellite_levels) if satellites is not None else set()
+            for level in sorted(set(plan.felt_levels) | satellite_levels):
+                if level in plan.felt_levels:
+                    iterations = plan.felt_iterations(level)
+                    level_modes = [mode for mode in modes if mode != "satellite" or level in satellite_levels]
+                else:
+                    # A satellite level of its own: the satellites beside mode (a) only.
+                    iterations = plan.satellite_iterations(level)
+                    level_modes = ["endpointing", "satellite"]
+                felt = await _felt_level(plan, base, level, iterations, level_modes, clients, endpointing, satellites)
+                result.felt.append(felt)
+                _say("  " + report.felt_line(felt))
     except BaseException:
-        print(endpointing.log_tail(), file=sys.stderr)
+        for process in watched:
+            print(process.log_tail(), file=sys.stderr)
         raise
     finally:
-        await endpointing.stop()
-        result.felt_log_errors = _log_errors(endpointing)
+        for process in watched:
+            await process.stop()
+        result.felt_log_errors = [line for process in watched for line in _log_errors(process)]
+
+
+async def _felt_level(
+    plan: Plan,
+    base: dict[str, Any],
+    level: int,
+    iterations: int,
+    modes: list[str],
+    clients: Worker,
+    endpointing: DaemonProcess,
+    satellites: DaemonProcess | None,
+) -> FeltRun:
+    # One client of each mode at once loads nothing; at N streams each mode runs alone, so that each sees N
+    # streams (and the emulators N, not N times the modes).
+    rounds = [modes] if level == 1 else [[mode] for mode in modes]
+    _say(f"felt latency, level {level}: {' then '.join('+'.join(r) for r in rounds)}, x {iterations} each")
+    results: list[StreamResult] = []
+    felt = FeltRun(level, iterations, results, 0.0, 0.0, 0.0)
+    for round_modes in rounds:
+        command = {**base, "modes": round_modes, "level": level, "iterations": iterations, "pace": plan.pace}
+        before = cpu_seconds(endpointing.pid)
+        satellite_before = cpu_seconds(satellites.pid) if satellites is not None else 0.0
+        started = time.monotonic()
+        answer = await clients.ask(command)
+        if "endpointing" in round_modes:
+            felt.wall_seconds = time.monotonic() - started
+            felt.endpointing_cpu_seconds = cpu_seconds(endpointing.pid) - before
+        if "satellite" in round_modes and satellites is not None:
+            felt.satellite_cpu_seconds = cpu_seconds(satellites.pid) - satellite_before
+        results += [StreamResult(**stream) for stream in answer["results"]]
+    felt.endpointing_audio_seconds = _sent_seconds(results, "endpointing")
+    felt.satellite_audio_seconds = _sent_seconds(results, "satellite")
+    return felt
+
+
+async def _start_satellites(
+    plan: Plan,
+    result: Run,
+    vendors: dict[str, dict[str, Any]],
+    clients: Worker,
+    workdir: Path,
+    stack: contextlib.AsyncExitStack,
+) -> DaemonProcess | None:
+    """mosquitto on 127.0.0.1, the emulated satellites (in the clients' process, one per slot and vendor) and a
+    daemon driving them with endpointing on and its MQTT sink on that broker; None when the mode is skipped."""
+    if not plan.satellite_levels:
+        return None
+    from tests.support.mosquitto import Mosquitto, have_mosquitto
+
+    if not have_mosquitto():
+        result.satellite_skipped = "mosquitto is not installed (apt install mosquitto)"
+        _say(f"satellite mode skipped: {result.satellite_skipped}")
+        return None
+    broker = stack.enter_context(Mosquitto(workdir / "mqtt", for_timing=True))
+    count = max(plan.satellite_levels)
+    uris: dict[str, str] = await clients.ask({"satellites": count, "broker": [broker.host, broker.port]})
+    if "error" in uris:
+        raise RuntimeError(f"satellite mode: {uris['error']}")
+
+    async def stop_satellites() -> None:
+        await clients.ask({"satellites_stop": True}, timeout=30)
+
+    stack.push_async_callback(stop_satellites)
+    languages = {case.vendor: case.language for case in cases_for(plan.vendors)}
+    devices = [{"uri": uri, "name": name, "language": languages[name.rsplit("-", 1)[1]]} for name, uri in uris.items()]
+    config = daemon_config(free_port(), vendors, 64, endpointing=True)
+    config["mqtt"] = {
+        "host": broker.host, "port": broker.port, "node_id": satellite.NODE, "discovery": False, "partials": False,
+        "spool_dir": str(workdir / "mqtt-spool"),
+    }  # fmt: skip
+    config["satellites"] = {"devices": devices, "retry_min_delay": 0.2, "retry_max_delay": 1.0}
+    daemon = await start_daemon(config, workdir, "daemon-satellites")
+    stack.push_async_callback(daemon.stop)
+    connected = await clients.ask({"satellites_connected": 20.0}, timeout=40)
+    if connected != "connected":
+        raise RuntimeError(f"satellite mode: {connected}\n{daemon.log_tail()}")
+    return daemon
 
 
 def _sent_seconds(results: list[StreamResult], path: str) -> float:
@@ -424,7 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="more chunk sizes measured at levels 1 and 50 for CPU and added latency (default 1024; '' for none)",
     )
     parser.add_argument(
-        "--felt-levels", help="levels of the felt-latency section, three modes side by side (default 1,50; '' skips)"
+        "--felt-levels", help="levels of the felt-latency section, its modes side by side (default 1,50; '' skips)"
+    )
+    parser.add_argument(
+        "--satellite-levels",
+        help="satellites commanding at once in the satellite mode (default 1,5; '' skips; needs mosquitto)",
     )
     parser.add_argument(
         "--floor-seconds", type=float, help="seconds per level of the wake-up floor's measurement (0: skip it)"
@@ -445,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         changes["other_piece_bytes"] = _numbers(args.other_piece_bytes)
     if args.felt_levels is not None:
         changes["felt_levels"] = _numbers(args.felt_levels)
+    if args.satellite_levels is not None:
+        changes["satellite_levels"] = _numbers(args.satellite_levels)
     if args.vendors:
         changes["vendors"] = tuple(v.strip() for v in args.vendors.split(",") if v.strip())
     for name in ("samples", "samples_single", "pace", "piece_bytes", "floor_seconds"):

@@ -30,6 +30,7 @@ from .load import (
     felt_direct_stream,
     run_slot,
 )
+from .satellite import EmulatedSatellite, MqttWatch, satellite_name, wait_connected
 from .scenario import (
     BYTES_PER_SECOND,
     VendorCase,
@@ -82,7 +83,43 @@ def clients_main(conn: Connection, port: int, vendors: dict[str, dict[str, Any]]
     asyncio.run(_clients(conn, port, vendors))
 
 
+class Satellites:
+    """The felt section's emulated satellites (``satellite.py``) and the MQTT watcher, once started."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, EmulatedSatellite] = {}
+        self.watch: MqttWatch | None = None
+
+    async def start(self, names: list[str], broker: tuple[str, int]) -> dict[str, str]:
+        for name in names:
+            satellite = EmulatedSatellite(name)
+            await satellite.start()
+            self.by_name[name] = satellite
+        watch = MqttWatch(*broker)
+        await watch.__aenter__()
+        self.watch = watch
+        return {name: satellite.uri for name, satellite in self.by_name.items()}
+
+    async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.__aexit__(None, None, None)
+            self.watch = None
+        for satellite in self.by_name.values():
+            await satellite.stop()
+        self.by_name.clear()
+
+
 async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any]]) -> None:
+    satellites = Satellites()
+    try:
+        await _serve_clients(conn, port, vendors, satellites)
+    finally:
+        await satellites.stop()
+
+
+async def _serve_clients(
+    conn: Connection, port: int, vendors: dict[str, dict[str, Any]], satellites: Satellites
+) -> None:
     cases = cases_for(tuple(vendors))
     speech = {case.vendor: speech_for(case) for case in cases}
     adapters = {vendor: vendor_adapter(vendor, settings) for vendor, settings in vendors.items()}
@@ -93,6 +130,24 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
         command = await _receive(conn)
         if command is None or command == "stop":
             return
+        if "satellites" in command:
+            names = [satellite_name(slot, case.vendor) for slot in range(command["satellites"]) for case in cases]
+            try:
+                conn.send(await satellites.start(names, tuple(command["broker"])))
+            except Exception as exc:  # reported to the orchestrator, which stops the run with it
+                conn.send({"error": f"the satellites or the MQTT watcher could not start: {exc!r}"})
+            continue
+        if "satellites_connected" in command:
+            try:
+                await wait_connected(list(satellites.by_name.values()), command["satellites_connected"])
+                conn.send("connected")
+            except TimeoutError:
+                conn.send("the daemon did not connect to every satellite in time")
+            continue
+        if "satellites_stop" in command:
+            await satellites.stop()
+            conn.send("stopped")
+            continue
         level, pace, piece = command["level"], command["pace"], command["piece"]
         for case in cases:
             if (case.vendor, piece) not in encoded:
@@ -105,7 +160,7 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
             conn.send(await _floor(command["floor"], cases, speech, encoded, command, step))
             continue
         if "felt" in command:
-            conn.send(await _felt(command, cases, adapters))
+            conn.send(await _felt(command, cases, adapters, satellites))
             continue
         iterations = command["iterations"]
         through_daemon = functools.partial(_through_daemon, port, speech, encoded, piece, pace)
@@ -127,8 +182,13 @@ async def _clients(conn: Connection, port: int, vendors: dict[str, dict[str, Any
         )
 
 
-async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters: dict[str, WebSocketAdapter]) -> Any:
-    """What users feel, three modes side by side: N clients of each at once (see ``bench.report``)."""
+async def _felt(
+    command: dict[str, Any],
+    cases: tuple[VendorCase, ...],
+    adapters: dict[str, WebSocketAdapter],
+    satellites: Satellites,
+) -> Any:
+    """What users feel, the modes side by side: N clients of each at once (see ``bench.report``)."""
     level, pace, piece, iterations = command["level"], command["pace"], command["piece"], command["iterations"]
     ports: dict[str, int] = command["felt"]
     speech = {case.vendor: felt_speech_for(case, command["tail_seconds"]) for case in cases}
@@ -157,9 +217,16 @@ async def _felt(command: dict[str, Any], cases: tuple[VendorCase, ...], adapters
             pace=pace, slot=slot, iteration=iteration,
         )  # fmt: skip
 
+    async def satellite(case: VendorCase, slot: int, iteration: int) -> StreamResult:
+        assert satellites.watch is not None, "the satellites were not started"
+        return await satellites.by_name[satellite_name(slot, case.vendor)].command(
+            satellites.watch, case, speech[case.vendor], encoded=encoded[case.vendor], voiced_end=voiced[case.vendor],
+            piece_bytes=piece, pace=pace, slot=slot, iteration=iteration,
+        )  # fmt: skip
+
     # Slots start spread over one utterance; modes that run together are a fraction of a step apart.
     step = statistics.fmean(len(pcm) / BYTES_PER_SECOND for pcm in speech.values()) / pace / level
-    runners = {"endpointing": endpointing, "ha-vad": with_ha_vad, "vendor": vendor}
+    runners = {"endpointing": endpointing, "ha-vad": with_ha_vad, "vendor": vendor, "satellite": satellite}
     modes: list[str] = command["modes"]
     slots = [
         run_slot(runners[mode], cases, slot, iterations, (slot + shift / len(modes)) * step)

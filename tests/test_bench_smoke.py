@@ -19,6 +19,7 @@ from wyoming.event import async_read_event, async_write_event
 
 from bench.load import encode_utterance, felt_daemon_stream
 from bench.scenario import BYTES_PER_SECOND, CASES, felt_speech_for, home_assistant_vad_end, voiced_end
+from tests.support.mosquitto import have_mosquitto
 from tests.support.speech import have_speech_tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,8 @@ def test_tiny_benchmark_runs_every_vendor_through_both_paths(tmp_path: Path) -> 
     felt = results["felt"]
     assert [level["figures"]["level"] for level in felt] == [1, 2]
     felt_streams = [stream for level in felt for stream in level["streams"]]
-    assert {s["path"] for s in felt_streams} == {"endpointing", "ha-vad", "vendor"}
+    satellite_mode = {"satellite"} if have_mosquitto() else set()
+    assert {s["path"] for s in felt_streams} == {"endpointing", "ha-vad", "vendor"} | satellite_mode
     assert all(s["error"] is None and s["text"] == s["expected"] for s in felt_streams)
     assert all(s["latency"] is not None and s["latency"] > 0 for s in felt_streams)
     # Home Assistant's VAD mode stops sending 0.7 s after the speech, before the audio's seconds of silence end.
@@ -173,6 +175,17 @@ def test_tiny_benchmark_runs_every_vendor_through_both_paths(tmp_path: Path) -> 
     assert any(name.startswith("felt latency p50, 1 stream: endpointing ÷") for name in budgets)
     assert any(name.startswith("felt latency p95, endpointing:") for name in budgets)
     assert [line for line in results["felt_log_errors"] if " ERROR " in line or "Traceback" in line] == []
+    # The satellite mode (with mosquitto): emulated satellites at 1 and 2 at once, each command's transcript
+    # timed on MQTT and on the satellite's own connection, with its budget row against mode (a).
+    satellite_row = next(row for row in results["budgets"] if row["budget"].startswith("felt latency p50, satellite"))
+    if have_mosquitto():
+        satellites = [s for level in felt for s in level["streams"] if s["path"] == "satellite"]
+        assert sorted({(level["figures"]["level"], s["slot"]) for level in felt for s in level["streams"]
+                       if s["path"] == "satellite"}) == [(1, 0), (2, 0), (2, 1)]  # fmt: skip
+        assert all(s["link_latency"] is not None and s["link_latency"] > 0 for s in satellites)
+        assert satellite_row["value"] is not None and satellite_row["pass"] is not None
+    else:
+        assert satellite_row["pass"] is None and results["satellite_skipped"]
 
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## What users feel: last voiced frame → transcript (ms)" in report

@@ -9,7 +9,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.events import AsrEvent, EventKind
-from asr_daemon.sinks.mqtt import SENSOR_MAX_CHARS
+from asr_daemon.settings import MqttSettings
+from asr_daemon.sinks.mqtt import SENSOR_MAX_CHARS, MqttSink
 from tests.support.daemon import running_daemon
 from tests.support.mosquitto import Mosquitto, free_port, have_mosquitto
 from tests.support.speech import have_speech_tools, utterance
@@ -341,3 +343,116 @@ async def test_a_malformed_spool_record_is_set_aside_and_the_finals_behind_it_ar
     assert payload["id"] == good["id"] and payload["text"] == "after the bad ones"
     assert not list(spool.glob("*.json"))
     assert sorted(p.name for p in (spool / "rejected").iterdir()) == ["000000000001.json", "000000000002.json"]
+
+
+def final_event(text: str) -> AsrEvent:
+    return AsrEvent(EventKind.TRANSCRIPT, source="satellite:kitchen", session="s", vendor="amivoice", text=text)
+
+
+@contextlib.contextmanager
+def stalled_spool_writes(sink: MqttSink) -> Iterator[threading.Event]:
+    """The sink's spool writes hang (a slow SD card) until the event is set."""
+    release = threading.Event()
+    append = sink.spool.append
+
+    def slow_append(record: dict[str, Any]) -> int:
+        release.wait(30)
+        return append(record)
+
+    sink.spool.append = slow_append  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+def sink_for(broker: Mosquitto, tmp_path: Path) -> MqttSink:
+    settings = MqttSettings(
+        host=broker.host, port=broker.port, node_id=NODE, discovery=False, spool_dir=str(tmp_path / "spool"),
+        reconnect_min_delay=0.1, reconnect_max_delay=0.5,
+    )  # fmt: skip
+    return MqttSink(settings, flush_timeout=3)
+
+
+async def test_a_slow_spool_write_does_not_delay_the_transcript_and_the_spool_keeps_it_until_acknowledged(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A consumer (a satellite's command waiting for its transcript) gets it while the disk is still writing it;
+    the record leaves the spool only once both the write and the broker's acknowledgement are done."""
+    topic = f"{BASE}/transcript"
+    sink = sink_for(broker, tmp_path)
+    async with Watcher(broker, topic) as consumer, sink:
+        await asyncio.wait_for(sink.connected.wait(), 10)
+        with stalled_spool_writes(sink) as release:
+            handling = asyncio.create_task(sink.handle(final_event("明かりをつけて")))
+            await consumer.wait_for(lambda w: len(w.on(topic)) == 1, timeout=5)
+            await asyncio.wait_for(handling, 1)
+            assert not list((tmp_path / "spool").glob("*.json"))  # still being written
+            release.set()
+            async with asyncio.timeout(10):
+                while sink.finals_published < 1 or len(sink.spool):
+                    await asyncio.sleep(0.02)
+    assert [p["text"] for p in consumer.payloads(topic)] == ["明かりをつけて"]
+    assert not list((tmp_path / "spool").glob("*.json"))
+
+
+async def test_finals_spooled_by_an_earlier_run_go_out_before_new_ones(broker: Mosquitto, tmp_path: Path) -> None:
+    topic = f"{BASE}/transcript"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for seq, text in enumerate(("一番目", "二番目"), 1):
+        (spool / f"{seq:012d}.json").write_text(json.dumps(final_event(text).to_dict()))
+    sink = sink_for(broker, tmp_path)
+    async with Watcher(broker, topic) as consumer, sink:
+        await sink.handle(final_event("三番目"))
+        await consumer.wait_for(lambda w: len(w.on(topic)) >= 3, timeout=10)
+        await asyncio.sleep(0.2)
+    assert [p["text"] for p in consumer.payloads(topic)] == ["一番目", "二番目", "三番目"]
+    assert not list(spool.glob("*.json"))
+
+
+async def test_a_final_whose_connection_drops_before_the_broker_took_it_is_delivered_after_reconnecting(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Published from memory on a connection that breaks: it stays spooled and goes out, once, on the next."""
+    topic = f"{BASE}/transcript"
+    sink = sink_for(broker, tmp_path)
+    async with sink:
+        await asyncio.wait_for(sink.connected.wait(), 10)
+        broker.kill()
+        await sink.handle(final_event("切れる前"))
+        async with asyncio.timeout(15):
+            while sink.connected.is_set():
+                await asyncio.sleep(0.02)
+        assert [json.loads(p.read_text())["text"] for p in (tmp_path / "spool").glob("*.json")] == ["切れる前"]
+        broker.start()
+        async with Watcher(broker, topic) as consumer:
+            await consumer.wait_for(lambda w: len(w.on(topic)) >= 1, timeout=15)
+            await sink.handle(final_event("つながった後"))
+            await consumer.wait_for(lambda w: len(w.on(topic)) >= 2, timeout=10)
+            await asyncio.sleep(0.3)
+    assert [p["text"] for p in consumer.payloads(topic)] == ["切れる前", "つながった後"]
+    assert not list((tmp_path / "spool").glob("*.json"))
+
+
+async def test_a_final_right_after_another_message_does_not_wait_for_the_brokers_delayed_ack(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """An utterance's end (QoS 0) and its final go out back to back: the final must not sit in the socket until
+    the broker acknowledges the first packet (Nagle's algorithm against the broker's 40 ms delayed ACK)."""
+    topic = f"{BASE}/transcript"
+    sink = sink_for(broker, tmp_path)
+    delays: list[float] = []
+    async with Watcher(broker, topic) as consumer, sink:
+        await asyncio.wait_for(sink.connected.wait(), 10)
+        for index in range(20):
+            await sink.handle(AsrEvent(EventKind.UTTERANCE_END, source="satellite:kitchen", session=str(index)))
+            await asyncio.sleep(0.002)  # the utterance's end is on the wire, not yet acknowledged
+            sent = asyncio.get_running_loop().time()
+            await sink.handle(final_event(str(index)))
+            await consumer.wait_for(lambda w, sent_so_far=index + 1: len(w.on(topic)) >= sent_so_far, timeout=5)
+            delays.append(asyncio.get_running_loop().time() - sent)
+            await asyncio.sleep(0.05)
+    delays.sort()
+    # Held back by the delayed ACK, most would take 40 ms or more; a busy machine delays a few, not the median.
+    assert delays[len(delays) // 2] < 0.025, [round(d * 1000) for d in delays]

@@ -154,9 +154,9 @@ def transcripts(watcher: Broker) -> list[tuple[str, str]]:
     return [(data["source"], data["text"]) for data in watcher.on("transcript")]
 
 
-async def speak_and_hear(watcher: Broker, satellite: Satellite, command: str) -> None:
+async def speak_and_hear(watcher: Broker, satellite: Satellite, command: str, said: bytes | None = None) -> None:
     before = len(watcher.on("transcript")) + len(watcher.on("error"))
-    satellite.say(spoken(command))
+    satellite.say(said if said is not None else spoken(command))
     await watcher.wait_for(
         lambda: len(watcher.on("transcript")) + len(watcher.on("error")) > before,
         45,
@@ -309,6 +309,13 @@ async def test_cpu_of_connected_satellites_idle_and_streaming(tmp_path: Path, sa
 CHUNK_SAMPLES = 1024  # what the satellite's microphone delivers at a time (64 ms)
 
 
+def whole_chunks(pcm: bytes) -> bytes:
+    """``pcm`` and silence up to a whole number of microphone chunks, so that what follows starts a chunk: the
+    last voiced sample then sits at the same place in its chunk on both paths (which chunk boundary the end of
+    speech falls before moves an answer by up to a chunk, 64 ms)."""
+    return pcm + bytes(-len(pcm) % (CHUNK_SAMPLES * 2))
+
+
 async def wyoming_latency(port: int, pcm: bytes, last_voiced: int) -> float:
     """A Home Assistant-style client streaming ``pcm`` in real time: seconds from sending the chunk that holds
     the last voiced sample to the transcript (the daemon's endpointing ends the utterance)."""
@@ -348,10 +355,15 @@ async def test_latency_from_the_last_voiced_frame_satellite_to_mqtt_and_wyoming_
     tmp_path: Path, sat_python: Path
 ) -> None:
     """Figures for docs/satellites.md (printed, not asserted): from the microphone chunk that holds the last
-    voiced sample to the transcript, for a local-wake satellite (on MQTT) and a Wyoming client (its answer)."""
+    voiced sample to the transcript, for a local-wake satellite (on MQTT) and a Wyoming client (its answer):
+    the same audio on both paths: the Wyoming client sends what the satellite's utterance held (the silence
+    between its wake word and the command, then the command), in the same 64 ms chunks at the same pace, so
+    that the daemon's end-of-speech detector decides alike on both and only the paths differ."""
     commands = COMMANDS[:3]
     satellite_figures: list[float] = []
     wyoming_figures: list[float] = []
+    # Per command: the chunks of silence before the command in the satellite's utterance.
+    leads: list[int] = []
     with WakeService(sat_python, tmp_path) as wake, Satellite(sat_python, tmp_path, "kitchen", wake.uri) as sat:
         async with (
             broker(tmp_path) as watcher,
@@ -359,31 +371,37 @@ async def test_latency_from_the_last_voiced_frame_satellite_to_mqtt_and_wyoming_
         ):
             await until(lambda: link_state(daemon, "kitchen") == "connected", 20, "the satellite connected")
             for command in commands:
-                lead = silence(400) + speech("okay nabu", speed=150) + silence(700)
-                last_voiced = (len(lead) + len(speech(command, speed=125))) // 2 - 1
-                await speak_and_hear(watcher, sat, command)
+                lead = whole_chunks(silence(400) + speech("okay nabu", speed=150) + silence(700))
+                said = speech(command, speed=125)
+                last_voiced = (len(lead) + len(said)) // 2 - 1
+                await speak_and_hear(watcher, sat, command, wav(lead + said + silence(2500)))
                 started = float(next(sat.queue.glob("*.started")).read_text())
                 for stamp in sat.queue.glob("*.started"):
                     stamp.unlink()
                 written = started + (last_voiced // CHUNK_SAMPLES) * CHUNK_SAMPLES / 16000
-                arrived = next(
-                    at
-                    for (topic, _), at in zip(watcher.messages, watcher.arrivals, strict=True)
+                arrived, final = next(
+                    (at, data)
+                    for (topic, data), at in zip(watcher.messages, watcher.arrivals, strict=True)
                     if topic == "transcript" and at > started
                 )
                 satellite_figures.append(arrived - written)
+                # The utterance began with the first chunk after the wake word (a chunk reaches the daemon a few
+                # ms after the microphone wrote it, every 64 ms).
+                first_chunk = round((final["started"] - started) * 16000 / CHUNK_SAMPLES)
+                leads.append(len(lead) // (CHUNK_SAMPLES * 2) - first_chunk)
                 await until(lambda: link_state(daemon, "kitchen") == "connected", 10, "idle again")
             assert daemon.port is not None
-            for command in commands:
-                pcm = silence(400) + speech(command, speed=125) + silence(2500)
-                wyoming_figures.append(
-                    await wyoming_latency(daemon.port, pcm, (400 * 32 + len(speech(command, speed=125))) // 2 - 1)
-                )
-    satellite_figures.sort()
-    wyoming_figures.sort()
+            for command, chunks in zip(commands, leads, strict=True):
+                lead = bytes(max(1, chunks) * CHUNK_SAMPLES * 2)
+                said = speech(command, speed=125)
+                pcm = lead + said + silence(2500)
+                wyoming_figures.append(await wyoming_latency(daemon.port, pcm, (len(lead) + len(said)) // 2 - 1))
+    behind = [round((s - w) * 1000) for s, w in zip(satellite_figures, wyoming_figures, strict=True)]
     print(
-        f"\nlast voiced frame → transcript: satellite → MQTT {[round(f * 1000) for f in satellite_figures]} ms; "
-        f"Wyoming client {[round(f * 1000) for f in wyoming_figures]} ms"
+        f"\nlast voiced frame → transcript, per command: satellite → MQTT "
+        f"{[round(f * 1000) for f in satellite_figures]} ms; Wyoming client "
+        f"{[round(f * 1000) for f in wyoming_figures]} ms; satellite behind by {behind} ms "
+        f"(chunks of silence before the command: {leads})"
     )
     assert [t for t in transcripts(watcher) if t[0] == "satellite:kitchen"] == [
         ("satellite:kitchen", c) for c in commands

@@ -22,9 +22,12 @@ duplicate has the same ``id``). ``docs/mqtt.md`` shows each payload.
 
 Delivery. The sink owns its outbox: a fresh aiomqtt client per connection (a reused one would re-deliver what
 paho queued while disconnected, after newer messages), and a message counts as sent only when the broker
-acknowledged it. Finals are written to an on-disk ``Spool`` first and removed once acknowledged, so
-transcripts made while the broker is unreachable, or before a crash or restart, are delivered later, in
-order. Other events are live only: while disconnected they are dropped (retained states are re-published on
+acknowledged it. Every final is written to an on-disk ``Spool`` (on the spool's own thread, in arrival order)
+and removed once the broker acknowledged it and the write is done, so transcripts made while the broker is
+unreachable, or before a crash or restart, are delivered later, in order. While connected, with nothing older
+waiting in the spool, a final is published from memory at once, beside its write: a slow disk (an fsync can take
+hundreds of ms on an SD card) never delays a transcript, and the spool still holds everything not yet
+acknowledged. Other events are live only: while disconnected they are dropped (retained states are re-published on
 connect). Reconnects back off exponentially with jitter. At shutdown the outbox gets ``events.flush_timeout``,
 then ``offline`` is published and the connection closed cleanly (the broker then drops the last will).
 """
@@ -35,10 +38,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 
@@ -59,6 +65,21 @@ MAX_LIVE = 256
 SATELLITE_PREFIX = "satellite:"
 # Seconds to wait for the broker to acknowledge one message before the connection is considered broken.
 PUBLISH_TIMEOUT = 10.0
+# The sink sends small messages back to back (an utterance's end, then its final): with Nagle's algorithm the
+# second would wait for the broker's delayed ACK of the first, 40 ms on Linux.
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Final:
+    """A final of this connection, published from memory while the spool writes it."""
+
+    event: AsrEvent
+    # Its sequence number in the spool once written (an exception: the write failed).
+    stored: Future[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +228,12 @@ class MqttSink:
         self.spool = Spool(
             settings.spool_path(), max_items=settings.spool_max_messages, max_bytes=settings.spool_max_bytes
         )
+        # One thread for every spool operation: writes, reads and removals happen in the order they were asked.
+        self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqtt-spool")
+        # Finals published from memory (nothing older was spooled when they came), oldest first.
+        self._fresh: deque[_Final] = deque()
+        # Finals to read back from the spool first: from an earlier run, or made while not connected.
+        self._backlog = 0
         self.connected = asyncio.Event()
         self.connections = 0
         self.finals_published = 0
@@ -222,11 +249,13 @@ class MqttSink:
 
     async def __aenter__(self) -> MqttSink:
         try:
-            await asyncio.to_thread(self.spool.open)
+            await self._on_spool(self.spool.open)
         except OSError as exc:
+            self._spool_thread.shutdown(wait=False)
             raise ConfigError(
                 f"mqtt.spool_dir = {str(self.spool.directory)!r}: cannot use it ({exc.strerror or exc})"
             ) from None
+        self._backlog = len(self.spool)
         self._task = asyncio.create_task(self._run(), name="mqtt")
         return self
 
@@ -236,6 +265,13 @@ class MqttSink:
         task, self._task = self._task, None
         if task is None:
             return
+        try:
+            await self._stop(task)
+        finally:
+            # Writes under way finish: a final not acknowledged stays spooled for the next run.
+            await asyncio.to_thread(self._spool_thread.shutdown, wait=True)
+
+    async def _stop(self, task: asyncio.Task[None]) -> None:
         self._flush_deadline = asyncio.get_running_loop().time() + self.flush_timeout
         self._closing = True
         self._closed.set()
@@ -257,7 +293,12 @@ class MqttSink:
     async def handle(self, event: AsrEvent) -> None:
         topics = self.topics
         if event.kind is EventKind.TRANSCRIPT:
-            await asyncio.to_thread(self.spool.append, event.to_dict())
+            stored = self._spool_thread.submit(self.spool.append, event.to_dict())
+            stored.add_done_callback(_log_spool_failure)
+            if self.connected.is_set() and not self._backlog:
+                self._fresh.append(_Final(event, stored))
+            else:
+                self._backlog += 1
             self._wake.set()
             return
         if event.kind is EventKind.STATE:
@@ -292,6 +333,7 @@ class MqttSink:
             keepalive=settings.keepalive,
             timeout=PUBLISH_TIMEOUT,
             tls_params=tls,
+            socket_options=SOCKET_OPTIONS,
             logger=logging.getLogger("asr_daemon.sinks.mqtt.paho"),
         )
 
@@ -323,6 +365,9 @@ class MqttSink:
             finally:
                 self.connected.clear()
                 self._live.clear()
+                # Not acknowledged on this connection: read back from the spool, in order, on the next one.
+                self._backlog += len(self._fresh)
+                self._fresh.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff.next_delay() if delay is None else delay):
                     await self._closed.wait()
@@ -365,30 +410,27 @@ class MqttSink:
                 await self._send_discovery(client)
 
     async def _publish(self, client: aiomqtt.Client) -> None:
-        """Send spooled finals (in order), then live messages; returns once closing and all is sent."""
-        topics = self.topics
+        """Send spooled finals, then this connection's (in order), then live messages; returns once closing and
+        all is sent."""
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             if self._closing and loop.time() > self._flush_deadline:
-                if len(self.spool):
+                if self._backlog or self._fresh:
                     _LOGGER.warning("mqtt: shutting down with %d final(s) still spooled", len(self.spool))
                 return
-            if len(self.spool):
-                head = await asyncio.to_thread(self.spool.peek)
-                if head is not None:
-                    seq, record = head
-                    try:
-                        event = spooled_final(record)
-                    except ValueError as exc:
-                        # Publishing it would fail the same way on every reconnection.
-                        await asyncio.to_thread(self.spool.set_aside, seq, str(exc))
-                        continue
-                    await client.publish(topics.transcript, transcript_payload(event), qos=1)
-                    await client.publish(topics.last_transcript, last_transcript_payload(event), qos=1, retain=True)
-                    await asyncio.to_thread(self.spool.remove, seq)
-                    self.finals_published += 1
-                    continue
+            if self._backlog:
+                await self._publish_spooled(client)
+                continue
+            if self._fresh:
+                final = self._fresh[0]
+                await self._send_final(client, final.event)
+                # Removed once written; the next final does not wait for the disk.
+                self._spool_thread.submit(self._remove_stored, final.stored)
+                if self._fresh and self._fresh[0] is final:
+                    self._fresh.popleft()
+                self.finals_published += 1
+                continue
             if self._live:
                 message = self._live[0]
                 await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
@@ -398,3 +440,42 @@ class MqttSink:
             if self._closing:
                 return
             await self._wake.wait()
+
+    async def _publish_spooled(self, client: aiomqtt.Client) -> None:
+        """The oldest spooled final, read back from the spool."""
+        head = await self._on_spool(self.spool.peek)
+        if head is None:
+            self._backlog = 0  # fewer than counted: some were dropped (spool full) or could not be written
+            return
+        seq, record = head
+        try:
+            event = spooled_final(record)
+        except ValueError as exc:
+            # Publishing it would fail the same way on every reconnection.
+            await self._on_spool(self.spool.set_aside, seq, str(exc))
+        else:
+            await self._send_final(client, event)
+            await self._on_spool(self.spool.remove, seq)
+            self.finals_published += 1
+        self._backlog = max(0, self._backlog - 1)
+
+    async def _send_final(self, client: aiomqtt.Client, event: AsrEvent) -> None:
+        topics = self.topics
+        await client.publish(topics.transcript, transcript_payload(event), qos=1)
+        await client.publish(topics.last_transcript, last_transcript_payload(event), qos=1, retain=True)
+
+    def _on_spool(self, call: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        return asyncio.get_running_loop().run_in_executor(self._spool_thread, call, *args)
+
+    def _remove_stored(self, stored: Future[int]) -> None:
+        """On the spool's thread, after the write (its one thread runs the jobs in order): forget the record."""
+        if stored.done() and not stored.cancelled() and stored.exception() is None:
+            self.spool.remove(stored.result())
+
+
+def _log_spool_failure(stored: Future[int]) -> None:
+    if stored.cancelled():
+        return
+    error = stored.exception()
+    if error is not None:
+        _LOGGER.error("mqtt: could not spool a final (%s): it is delivered only if this connection takes it", error)

@@ -33,7 +33,9 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, for_timing: bool = False) -> None:
+        """``for_timing``: no persistence (saving it every second stalls the broker for as long as the disk
+        takes) and no log line per message, for measuring latencies (the benchmark)."""
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed (scripts/setup installs it)")
         self.directory = directory
@@ -48,12 +50,12 @@ class Mosquitto:
             f"""\
 listener {self.port} 127.0.0.1
 allow_anonymous true
-persistence true
+persistence {"false" if for_timing else "true"}
 persistence_location {directory}/
 autosave_interval 1
 user {getpass.getuser()}
 log_dest file {self.log}
-log_type all
+log_type {"error" if for_timing else "all"}
 """,
             encoding="utf-8",
         )
