@@ -141,9 +141,17 @@ class FakeSatellite:
     """A satellite as wyoming-satellite 1.1+ behaves on the wire: answers describe and pings, records the rest."""
 
     def __init__(
-        self, *, answer_pings: bool = True, after_run: list[Event] | None = None, name: str = "fake", host: str = ""
+        self,
+        *,
+        answer_pings: bool = True,
+        after_run: list[Event] | None = None,
+        raw_after_run: bytes = b"",
+        name: str = "fake",
+        host: str = "",
     ) -> None:
         self.name = name
+        # Bytes written as they are after run-satellite (a satellite gone wrong).
+        self.raw_after_run = raw_after_run
         self.host = host or "127.0.0.1"
         self.answer_pings = answer_pings
         self.after_run = after_run or []
@@ -165,6 +173,9 @@ class FakeSatellite:
                 elif event.type == "run-satellite":
                     for answer in self.after_run:
                         await async_write_event(answer, writer)
+                    if self.raw_after_run:
+                        writer.write(self.raw_after_run)
+                        await writer.drain()
         except ConnectionError:
             pass
         finally:
@@ -234,6 +245,19 @@ async def test_a_satellite_that_pings_is_dropped_when_it_falls_silent_and_paused
         fake.received.clear()
     # Stopping: a satellite that knows pause-satellite stops streaming at once.
     assert "pause-satellite" in fake.received
+
+
+async def test_a_satellite_claiming_a_huge_event_is_cut_off_and_reconnected(caplog: pytest.LogCaptureFixture) -> None:
+    # A 2 GiB audio chunk announced, then a trickle: nothing is buffered for it, the connection is dropped with
+    # the reason, and the satellite is reconnected with backoff like any other failure.
+    header = b'{"type": "audio-chunk", "data_length": 0, "payload_length": 2147483648}\n'
+    async with FakeSatellite(raw_after_run=header + bytes(4096)) as fake, running_daemon(fake_config(fake)) as daemon:
+        assert daemon.satellites is not None
+        link = daemon.satellites.links[0]
+        await fake.wait(lambda: fake.connections >= 2, "a reconnection")
+        await fake.wait(lambda: link.state == "connected", "connected again")
+    cut = [r.message for r in caplog.records if r.levelname == "WARNING" and "satellite fake" in r.message]
+    assert any("2147483648" in message for message in cut), cut
 
 
 async def test_a_satellite_wanting_remote_wake_without_a_wake_service_is_refused_and_reported(

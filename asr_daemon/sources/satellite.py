@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.event import Event, async_write_event
 from wyoming.satellite import PauseSatellite
 
 from ..events import AsrEvent, EventBus, EventKind
@@ -31,7 +31,7 @@ from ..session import SessionError
 from ..settings import DEFAULT_DRAIN_TIMEOUT, SatelliteSettings, SatellitesSettings
 from ..utterance import Answer, Utterance, finish_in_time
 from .satellite_discovery import SatelliteFinder
-from .satellite_io import open_wyoming
+from .satellite_io import next_event, open_wyoming
 from .satellite_protocol import (
     AbortCommand,
     Action,
@@ -43,6 +43,7 @@ from .satellite_protocol import (
     StartCommand,
     ToWake,
 )
+from .wyoming_reader import EventStreamReader
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class SatelliteLink:
             raise ConnectionError("no satellite of this name is announced by zeroconf (yet)")
         return uri
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         protocol = self._protocol = SatelliteProtocol(
             wake_service=self.common.wake_uri is not None, wake_words=self.common.wake_words
         )
@@ -179,7 +180,7 @@ class SatelliteLink:
             await self._execute(protocol.start())
             async with asyncio.timeout(self.common.connect_timeout) as describing:
                 while protocol.identity is None:
-                    event = await async_read_event(reader)
+                    event = await next_event(reader)
                     if event is None:
                         raise EOFError("the connection closed before info")
                     await self._execute(protocol.receive(event))
@@ -190,9 +191,10 @@ class SatelliteLink:
             _LOGGER.info("satellite %s: connected to %r, version %s", self.settings.name, identity.name, version)
             self._set_state(CONNECTED, identity.name)
             while True:
+                # One that pings is silent only when it is gone (the reader's one timer, not a timeout per event).
+                reader.idle_timeout = PING_SILENCE_SECONDS if protocol.answers_pings else None
                 try:
-                    async with asyncio.timeout(PING_SILENCE_SECONDS if protocol.answers_pings else None):
-                        event = await async_read_event(reader)
+                    event = await next_event(reader)
                 except TimeoutError:
                     raise ConnectionError(f"no ping from the satellite for {PING_SILENCE_SECONDS:g} s") from None
                 if event is None:
@@ -320,7 +322,7 @@ class SatelliteLink:
                 protocol = self._protocol
                 if protocol is not None:
                     await self._execute(protocol.wake_connected())
-                while (event := await async_read_event(reader)) is not None:
+                while (event := await next_event(reader)) is not None:
                     protocol = self._protocol
                     if protocol is not None:
                         await self._execute(protocol.wake_received(event))

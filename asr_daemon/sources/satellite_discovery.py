@@ -14,10 +14,10 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from wyoming.event import async_read_event, async_write_event
+from wyoming.event import async_write_event
 from wyoming.info import Describe, Info
 
-from .satellite_io import open_wyoming
+from .satellite_io import next_event, open_wyoming
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SatelliteFinder:
             reader, writer = await open_wyoming(uri, self.describe_timeout)
             async with asyncio.timeout(self.describe_timeout):
                 await async_write_event(Describe().event(), writer)
-                while (event := await async_read_event(reader)) is not None:
+                while (event := await next_event(reader)) is not None:
                     if Info.is_type(event.type):
                         satellite = (event.data or {}).get("satellite")
                         return str(satellite.get("name") or "") if isinstance(satellite, dict) else ""
