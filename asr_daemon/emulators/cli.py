@@ -15,10 +15,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import Emulator, EmulatorOptions, Fault
-from .tls import CertificateError, make_certificate
+from .options import EmulatorOptions, Fault
+
+if TYPE_CHECKING:
+    from .base import Emulator
 
 EXIT_CONFIG = 2
 
@@ -226,6 +228,8 @@ async def run(args: argparse.Namespace, emulated: list[str], factory: Callable[[
         return EXIT_CONFIG
     with contextlib.ExitStack() as stack:
         if args.tls:
+            from .tls import CertificateError, make_certificate
+
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asr-daemon-emulator-")))
             try:
                 certificate = make_certificate(directory, [args.host])
