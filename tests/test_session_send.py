@@ -7,7 +7,6 @@ Every vendor's emulator must receive the same audio in the same messages either 
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 
@@ -16,18 +15,10 @@ from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.session import Session, SessionLimits
 from asr_daemon.vendors.base import StreamOptions
 from asr_daemon.vendors.transport import VendorStream
-from tests.support.vendor_streams import VENDORS, VendorStreams
+from tests.support.vendor_streams import VENDORS, VendorStreams, tones
 
 PCM16K = AudioFormat(16000, 2, 1)
 PIECE = 320  # 10 ms, what Home Assistant's pipeline sends
-
-
-def tones(count: int) -> bytes:
-    """``count`` bursts of 'speech' separated by pauses an emulator cuts sentences at."""
-    tone = b"".join(
-        int(6000 * math.sin(2 * math.pi * 330 * i / 16000)).to_bytes(2, "little", signed=True) for i in range(8000)
-    )
-    return bytes(6400) + bytes(22400).join(tone for _ in range(count)) + bytes(9600) + bytes(122)
 
 
 class SendCounter:
@@ -68,7 +59,7 @@ async def stream_through_session(vendor: VendorStreams, audio: bytes, *, direct:
 async def test_the_hot_path_sends_what_the_plain_path_sends(
     vendor: VendorStreams, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    audio = tones(2)
+    audio = tones(2) + bytes(122)  # ends in a part of a vendor message
     counter = SendCounter(monkeypatch)
     plain = await stream_through_session(vendor, audio, direct=False)
     assert counter.sent == 0
@@ -86,7 +77,7 @@ async def test_a_burst_the_sender_has_not_caught_up_with_still_arrives_whole_and
 ) -> None:
     # Audio faster than the connection opens: the sender's loop sends the backlog, then feed takes over.
     vendor = VENDORS[0]
-    audio = tones(3)
+    audio = tones(3) + bytes(122)
     counter = SendCounter(monkeypatch)
     emu = vendor.emulator_class(EmulatorOptions(keep_pcm=True))
     async with emu.running():

@@ -4,7 +4,6 @@ share. The vendors are in tests/support/vendor_streams.py; vendor-only cases sta
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 
@@ -13,7 +12,7 @@ from asr_daemon.vendors import registry
 from asr_daemon.vendors.base import StreamCompleted, VendorError, VendorFailure
 from asr_daemon.vendors.transport import VendorStream
 from tests.support.streams import events_until_done
-from tests.support.vendor_streams import VENDORS, VendorStreams
+from tests.support.vendor_streams import VENDORS, VendorStreams, tones
 
 every_vendor = pytest.mark.parametrize("vendor", VENDORS, ids=[vendor.name for vendor in VENDORS])
 REFUSERS = [vendor for vendor in VENDORS if vendor.refuses_key_at_upgrade]
@@ -21,14 +20,6 @@ REFUSERS = [vendor for vendor in VENDORS if vendor.refuses_key_at_upgrade]
 REFUSED_WITHIN = 4.0
 # The SAUC vendors share one codec and emulator; one of them stands for both where the stream itself is tested.
 DROPPERS = [vendor for vendor in VENDORS if vendor.name != "volcengine"]
-
-
-def tones(count: int) -> bytes:
-    """``count`` bursts of 'speech' separated by pauses an emulator cuts sentences at."""
-    tone = b"".join(
-        int(6000 * math.sin(2 * math.pi * 330 * i / 16000)).to_bytes(2, "little", signed=True) for i in range(8000)
-    )
-    return bytes(6400) + bytes(22400).join(tone for _ in range(count)) + bytes(9600)
 
 
 @every_vendor

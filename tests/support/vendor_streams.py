@@ -3,6 +3,7 @@ vendor's emulator), as a table: tests/test_vendor_streams.py runs the same cases
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,14 @@ def _sauc_refusal(error: VendorError, emu: Any) -> None:
 def _yating_refusal(error: VendorError, emu: YatingEmulator) -> None:
     assert error.message.startswith("Yating rejected the API key (HTTP 401")
     assert emu.streams == []
+
+
+def tones(count: int) -> bytes:
+    """``count`` bursts of 'speech' separated by pauses an emulator cuts sentences at."""
+    tone = b"".join(
+        int(6000 * math.sin(2 * math.pi * 330 * i / 16000)).to_bytes(2, "little", signed=True) for i in range(8000)
+    )
+    return bytes(6400) + bytes(22400).join(tone for _ in range(count)) + bytes(9600)
 
 
 @dataclass(frozen=True)
