@@ -36,7 +36,9 @@ class SendCounter:
         monkeypatch.setattr(VendorStream, "send_audio_now", counting)
 
 
-async def stream_through_session(vendor: VendorStreams, audio: bytes, *, direct: bool) -> tuple[bytes, int, str]:
+async def stream_through_session(
+    vendor: VendorStreams, audio: bytes, *, direct: bool, lean: bool = True
+) -> tuple[bytes, int, str]:
     """``audio`` in 10 ms pieces, a little faster than real time; what the emulator got, in how many messages,
     and the transcript."""
     emu = vendor.emulator_class(EmulatorOptions(keep_pcm=True))
@@ -44,11 +46,15 @@ async def stream_through_session(vendor: VendorStreams, audio: bytes, *, direct:
         options = StreamOptions(language=vendor.language, session_id=f"send-{direct}")
         session = Session(vendor.adapter(emu, api_key="test-key"), options, SessionLimits(final_timeout=10))
         session.direct_sends = direct
-        async with session:
-            for offset in range(0, len(audio), PIECE):
-                session.feed(audio[offset : offset + PIECE], PCM16K)
-                await asyncio.sleep(0.002)
-            transcript = await session.finish()
+        VendorStream.lean_links = lean
+        try:
+            async with session:
+                for offset in range(0, len(audio), PIECE):
+                    session.feed(audio[offset : offset + PIECE], PCM16K)
+                    await asyncio.sleep(0.002)
+                transcript = await session.finish()
+        finally:
+            VendorStream.lean_links = True
         record = emu.streams[-1]
         assert record.pcm is not None
         assert not record.violations
@@ -68,6 +74,18 @@ async def test_the_hot_path_sends_what_the_plain_path_sends(
     assert counter.sent > len(audio) // vendor.adapter_class.codec_class.chunk_bytes // 2
     assert direct == plain
     assert plain[0] == audio[: len(plain[0])]
+    assert len(plain[0]) == len(audio)
+    assert plain[2]
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=[vendor.name for vendor in VENDORS])
+async def test_the_lean_link_gives_the_vendor_what_websockets_client_gives_it(vendor: VendorStreams) -> None:
+    # The vendor link's hot path (websockets' sans-I/O protocol on an asyncio Protocol) against websockets' own
+    # asyncio client, the one proxies use: the same audio in the same messages, the same answer.
+    audio = tones(2) + bytes(122)
+    plain = await stream_through_session(vendor, audio, direct=True, lean=False)
+    lean = await stream_through_session(vendor, audio, direct=True, lean=True)
+    assert lean == plain
     assert len(plain[0]) == len(audio)
     assert plain[2]
 

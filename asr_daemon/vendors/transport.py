@@ -21,10 +21,8 @@ from functools import lru_cache
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.frames import CloseCode
-from websockets.protocol import State
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Close, CloseCode
 from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
 
@@ -32,11 +30,14 @@ from .. import __version__
 from ..redact import redact
 from ..resilience.policy import DEFAULT_POLICY, ResiliencePolicy
 from .base import BaseStream, Outgoing, Stream, StreamOptions, VendorAdapter, VendorError, VendorFailure
+from .websocket import Link, PlainLink, open_link
 
 _LOGGER = logging.getLogger(__name__)
 
 # Largest message accepted from a vendor; results are small JSON documents.
 MAX_VENDOR_MESSAGE = 1 << 20
+# How long a vendor gets to finish the closing handshake before the connection is dropped.
+CLOSE_TIMEOUT = 2.0
 
 
 def proxy_for(url: str) -> str | None:
@@ -105,13 +106,15 @@ class VendorStream(BaseStream):
     """One recognition stream over one WebSocket, driven by a codec."""
 
     adapter: WebSocketAdapter
+    # The hot path: websockets' sans-I/O protocol on an asyncio Protocol (``WebSocketLink``). False: websockets'
+    # asyncio client for every connection, as for those through a proxy (tests compare the two).
+    lean_links: ClassVar[bool] = True
 
     def __init__(
         self, adapter: WebSocketAdapter, options: StreamOptions, policy: ResiliencePolicy = DEFAULT_POLICY
     ) -> None:
         super().__init__(adapter, options, policy)
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._link: Link | None = None
 
     async def connect(self) -> None:
         """Open the connection and start the stream; raises ``VendorFailure``."""
@@ -121,21 +124,7 @@ class VendorStream(BaseStream):
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that meets a finished call.
             async with asyncio.timeout(timeout):
                 request = await self.adapter.prepare(self.options)
-            # Where the vendor answers pings, they detect a dead link within the policy's bound.
-            pings = request.ping_interval is not None
-            self._ws = await connect(
-                request.url,
-                proxy=proxy_for(request.url),
-                additional_headers=dict(request.headers),
-                open_timeout=timeout,
-                ping_interval=min(request.ping_interval or 0, self.policy.ping_interval) if pings else None,
-                ping_timeout=self.policy.ping_timeout if pings else None,
-                close_timeout=2,
-                max_size=MAX_VENDOR_MESSAGE,
-                max_queue=64,
-                compression=None,
-                user_agent_header=f"asr-daemon/{__version__}",
-            )
+                self._link = await self._open(request, timeout)
         except VendorFailure:
             raise
         except InvalidStatus as exc:
@@ -148,25 +137,61 @@ class VendorStream(BaseStream):
             raise VendorFailure(VendorError(f"cannot connect to the vendor: {redact(str(exc))}")) from None
         self.connect_seconds = time.monotonic() - started
         self._limit_unacknowledged_data()
-        response = self._ws.response
+        response = self._link.response
         if response is not None:
             for name in request.log_headers:
                 value = response.headers.get(name)
                 if value:
                     _LOGGER.info("%s %s: %s", self.adapter.name, name, value)
-        self._reader = asyncio.create_task(self._read(), name=f"{self.adapter.name} reader")
         await self.send(self.codec.start())
         if self.codec.ready:
             self._ready.set()
 
+    async def _open(self, request: ConnectRequest, timeout: float) -> Link:
+        # Where the vendor answers pings, they detect a dead link within the policy's bound.
+        pings = request.ping_interval is not None
+        ping_interval = min(request.ping_interval or 0, self.policy.ping_interval) if pings else None
+        ping_timeout = self.policy.ping_timeout if pings else None
+        user_agent = f"asr-daemon/{__version__}"
+        proxy = proxy_for(request.url)
+        if proxy is None and self.lean_links:
+            try:
+                return await open_link(
+                    request.url,
+                    headers=request.headers,
+                    user_agent=user_agent,
+                    max_size=MAX_VENDOR_MESSAGE,
+                    ping_interval=ping_interval,
+                    ping_timeout=ping_timeout,
+                    close_timeout=CLOSE_TIMEOUT,
+                    on_message=self._on_message,
+                    on_closed=self._on_closed,
+                )
+            except InvalidStatus as exc:
+                if not 300 <= exc.response.status_code < 400:
+                    raise
+                # A redirect: websockets' own client follows it.
+        return await PlainLink.open(
+            request.url,
+            proxy=proxy,
+            headers=request.headers,
+            user_agent=user_agent,
+            max_size=MAX_VENDOR_MESSAGE,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=CLOSE_TIMEOUT,
+            open_timeout=timeout,
+            on_message=self._on_message,
+            on_closed=self._on_closed,
+        )
+
     async def send(self, messages: Iterable[Outgoing]) -> None:
         """Send messages; a closed connection is reported through the events, not raised here."""
-        ws = self._ws
-        if ws is None:
+        link = self._link
+        if link is None:
             return
-        with contextlib.suppress(ConnectionClosed):
-            for message in messages:
-                await ws.send(message)
+        for message in messages:
+            await link.send(message)
 
     async def send_audio(self, pcm: bytes) -> None:
         await self.send(self.codec.send_audio(pcm))
@@ -174,25 +199,15 @@ class VendorStream(BaseStream):
     def send_audio_now(self, pcm: bytes) -> bool:
         """Hot path of ``send_audio`` (the session's, once per vendor message): the frames are written at once.
 
-        ``send()`` awaits the connection's send context for every message: its checks, a drain and a task step
-        cost several times the write itself. This writes the same frames through the same protocol object, and
-        only where ``send()`` would not wait either: the connection is open, no fragmented message is on its way
-        and the socket's buffer is below its high-water mark. Otherwise nothing is encoded or sent and the caller
-        uses ``send_audio``. tests/test_session_send.py checks that both paths give the vendor the same messages.
+        ``send()`` may wait for the socket's buffer to drain. This writes the same frames at once, and only where
+        ``send()`` would not wait either: the link is open, no other send is waiting and the socket's buffer is
+        below its high-water mark. Otherwise nothing is encoded or sent and the caller uses ``send_audio``.
+        tests/test_session_send.py checks that both paths give the vendor the same messages.
         """
-        ws = self._ws
-        if ws is None or ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+        link = self._link
+        if link is None or not link.can_send_now():
             return False
-        protocol = ws.protocol
-        for message in self.codec.send_audio(pcm):
-            if isinstance(message, str):
-                protocol.send_text(message.encode())
-            else:
-                protocol.send_binary(message)
-        try:
-            ws.send_data()
-        except Exception:  # the link broke: the reader reports the closed connection
-            ws.transport.abort()
+        link.send_now(self.codec.send_audio(pcm))
         return True
 
     async def end(self) -> None:
@@ -202,46 +217,45 @@ class VendorStream(BaseStream):
     def _limit_unacknowledged_data(self) -> None:
         """A path that goes dark while we send is noticed by TCP itself within the policy's bound."""
         option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        sock = self._ws.transport.get_extra_info("socket") if self._ws is not None else None
+        transport = self._link.transport if self._link is not None else None
+        sock = transport.get_extra_info("socket") if transport is not None else None
         if option is None or sock is None:
             return
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, option, int(self.policy.tcp_user_timeout * 1000))
 
     async def aclose(self) -> None:
-        """Close the connection and stop reading."""
-        if self._ws is not None:
-            # A vendor that ignores our close frame must not hold the session: close_timeout bounds it.
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        """Close the connection; returns once nothing more will arrive."""
+        if self._link is not None:
+            # A vendor that ignores our close frame must not hold the session: the close timeout bounds it.
+            await self._link.close()
         self._closed.set()
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        ws = self._ws
+    def _on_message(self, message: str | bytes) -> None:
+        if self.closed:
+            return
         try:
-            async for message in ws:
-                self._emit(self.codec.receive(message))
-        except ConnectionClosed:
-            pass
+            events = self.codec.receive(message)
         except Exception as exc:  # a codec bug must end this stream, not the daemon
             _LOGGER.exception("%s: failed to handle a vendor message", self.adapter.name)
             self._emit([VendorError(f"internal error handling a vendor message: {exc}")])
-        finally:
-            rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
-            if rcvd is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR and not self.codec.completed:
-                # We gave up on the link (pings unanswered): that is a dead link, never the vendor's way of ending
-                # a stream (Tiro's proxy ends streams without a close frame, which must not be confused with it).
-                self._emit([VendorError(f"the link to the vendor died ({sent.reason or 'no answer to pings'})")])
-            else:
-                code = rcvd.code if rcvd is not None else None
-                reason = rcvd.reason if rcvd is not None else ""
-                self._emit(self.codec.connection_closed(code, reason))
-            self._closed.set()
+            if self._link is not None:
+                self._link.abort()
+            return
+        self._emit(events)
+
+    def _on_closed(self, received: Close | None, sent: Close | None) -> None:
+        if self.closed:
+            return
+        if received is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR and not self.codec.completed:
+            # We gave up on the link (pings unanswered): that is a dead link, never the vendor's way of ending
+            # a stream (Tiro's proxy ends streams without a close frame, which must not be confused with it).
+            self._emit([VendorError(f"the link to the vendor died ({sent.reason or 'no answer to pings'})")])
+        else:
+            code = received.code if received is not None else None
+            reason = received.reason if received is not None else ""
+            self._emit(self.codec.connection_closed(code, reason))
+        self._closed.set()
 
 
 class WebSocketAdapter(VendorAdapter):

@@ -110,9 +110,7 @@ class _SaucAdapter(WebSocketAdapter):
 
     def _request(self, headers: dict[str, str], log_headers: tuple[str, ...]) -> ConnectRequest:
         # The service does not answer pings reliably while it ingests audio: pings would end good streams.
-        return ConnectRequest(
-            url=self.endpoint, headers=headers, ping_interval=None, log_headers=log_headers
-        )
+        return ConnectRequest(url=self.endpoint, headers=headers, ping_interval=None, log_headers=log_headers)
 
 
 class Zyun360Adapter(_SaucAdapter):

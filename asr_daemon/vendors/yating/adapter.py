@@ -124,4 +124,3 @@ class YatingAdapter(WebSocketAdapter):
     def stream_variant(self, options: StreamOptions) -> object:
         # A pre-warmed connection's token was bought for one pipeline.
         return self.settings.pipeline_for(options.language)
-
