@@ -78,13 +78,23 @@ async def test_the_hot_path_sends_what_the_plain_path_sends(
     assert plain[2]
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("vendor", VENDORS, ids=[vendor.name for vendor in VENDORS])
-async def test_the_lean_link_gives_the_vendor_what_websockets_client_gives_it(vendor: VendorStreams) -> None:
+def test_the_lean_link_gives_the_vendor_what_websockets_client_gives_it(vendor: VendorStreams, event_loop: str) -> None:
     # The vendor link's hot path (websockets' sans-I/O protocol on an asyncio Protocol) against websockets' own
-    # asyncio client, the one proxies use: the same audio in the same messages, the same answer.
+    # asyncio client, the one proxies use: the same audio in the same messages, the same answer, on the daemon's
+    # default loop (uvloop) as on asyncio's.
     audio = tones(2) + bytes(122)
-    plain = await stream_through_session(vendor, audio, direct=True, lean=False)
-    lean = await stream_through_session(vendor, audio, direct=True, lean=True)
+
+    async def both() -> tuple[tuple[bytes, int, str], tuple[bytes, int, str]]:
+        plain = await stream_through_session(vendor, audio, direct=True, lean=False)
+        lean = await stream_through_session(vendor, audio, direct=True, lean=True)
+        return plain, lean
+
+    if event_loop == "uvloop":
+        plain, lean = pytest.importorskip("uvloop").run(both())
+    else:
+        plain, lean = asyncio.run(both())
     assert lean == plain
     assert len(plain[0]) == len(audio)
     assert plain[2]

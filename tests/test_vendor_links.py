@@ -83,7 +83,24 @@ async def link_to(url: str, received: Received, *, close_timeout: float = 2.0) -
     )
 
 
-async def test_fragmented_messages_arrive_whole_and_bad_text_fails_the_link() -> None:
+def run_on(event_loop: str, test: Callable[[], Awaitable[None]]) -> None:
+    """The daemon runs on uvloop by default: its transports are not asyncio's classes, so both loops are tested."""
+    if event_loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(test())
+    else:
+        asyncio.run(test())
+
+
+LOOPS = pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+
+
+@LOOPS
+def test_fragmented_messages_arrive_whole_and_bad_text_fails_the_link(event_loop: str) -> None:
+    run_on(event_loop, fragmented_messages_arrive_whole_and_bad_text_fails_the_link)
+
+
+async def fragmented_messages_arrive_whole_and_bad_text_fails_the_link() -> None:
     async def handler(ws: ServerConnection) -> None:
         await ws.send(['{"text": ', '"kitchen', ' light"}'])
         await ws.send([b"\x01\x02", b"\x03"])
@@ -99,7 +116,12 @@ async def test_fragmented_messages_arrive_whole_and_bad_text_fails_the_link() ->
     assert close_sent is not None and close_sent.code == CloseCode.INVALID_DATA
 
 
-async def test_a_vendor_that_never_finishes_the_closing_handshake_is_dropped_after_the_close_timeout() -> None:
+@LOOPS
+def test_a_vendor_that_never_finishes_the_closing_handshake_is_dropped_after_the_close_timeout(event_loop: str) -> None:
+    run_on(event_loop, a_vendor_that_never_finishes_the_closing_handshake_is_dropped_after_the_close_timeout)
+
+
+async def a_vendor_that_never_finishes_the_closing_handshake_is_dropped_after_the_close_timeout() -> None:
     async def handler(ws: ServerConnection) -> None:
         ws.transport.pause_reading()  # our close frame is never read, let alone answered
         await asyncio.sleep(3)
@@ -115,7 +137,12 @@ async def test_a_vendor_that_never_finishes_the_closing_handshake_is_dropped_aft
     assert close_received is None and close_sent is not None and close_sent.code == CloseCode.NORMAL_CLOSURE
 
 
-async def test_a_refused_upgrade_raises_with_the_status_and_the_body() -> None:
+@LOOPS
+def test_a_refused_upgrade_raises_with_the_status_and_the_body(event_loop: str) -> None:
+    run_on(event_loop, a_refused_upgrade_raises_with_the_status_and_the_body)
+
+
+async def a_refused_upgrade_raises_with_the_status_and_the_body() -> None:
     def refuse(connection: ServerConnection, request: Request) -> Response:
         return connection.respond(401, "bad key\n")
 
@@ -129,7 +156,12 @@ async def test_a_refused_upgrade_raises_with_the_status_and_the_body() -> None:
     assert refused.value.response.body == b"bad key\n"
 
 
-async def test_a_vendor_url_that_redirects_is_followed_to_the_vendor() -> None:
+@LOOPS
+def test_a_vendor_url_that_redirects_is_followed_to_the_vendor(event_loop: str) -> None:
+    run_on(event_loop, a_vendor_url_that_redirects_is_followed_to_the_vendor)
+
+
+async def a_vendor_url_that_redirects_is_followed_to_the_vendor() -> None:
     vendor = VENDORS[0]
     emu = vendor.emulator_class(EmulatorOptions())
     async with emu.running():

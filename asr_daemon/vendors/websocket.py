@@ -18,7 +18,7 @@ import ssl
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
@@ -148,9 +148,8 @@ class WebSocketLink(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.set_write_buffer_limits(high=1 << 15)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport.set_write_buffer_limits(high=1 << 15)
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
