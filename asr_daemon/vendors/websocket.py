@@ -18,15 +18,17 @@ import ssl
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidState, ProtocolError
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 try:
     from websockets.speedups import apply_mask
@@ -398,6 +400,9 @@ class PlainLink:
         on_message: OnMessage,
         on_closed: OnClosed,
     ) -> PlainLink:
+        # Imported here: only proxied and redirected connections load websockets' asyncio client.
+        from websockets.asyncio.client import connect
+
         connection = await connect(
             url,
             proxy=proxy,
