@@ -113,6 +113,14 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + apply_mask(payload, mask)
 
 
+def _ignore_message(message: Message) -> None:
+    return None
+
+
+def _ignore_close(received: Close | None, sent: Close | None) -> None:
+    return None
+
+
 class WebSocketLink(asyncio.Protocol):
     """A client WebSocket on websockets' ``ClientProtocol``; open one with ``open_link``."""
 
@@ -185,6 +193,11 @@ class WebSocketLink(asyncio.Protocol):
         self._wake_senders()
         if self._opened:
             self._on_closed(protocol.close_rcvd, protocol.close_sent)
+        # Nothing more arrives: dropping the callbacks and the transport ends the reference cycles through them,
+        # so a closed link is freed at once instead of by the cyclic collector's next pass.
+        self._on_message = _ignore_message
+        self._on_closed = _ignore_close
+        self.transport = None
 
     def pause_writing(self) -> None:
         self._paused = True
