@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from .vendors.base import (
     StreamOptions,
     VendorAdapter,
     VendorError,
+    VendorEvent,
     VendorFailure,
 )
 
@@ -173,6 +175,8 @@ class Session:
         self._direct: _DirectSend | None = None
         # False: every vendor message goes through the sender's loop (the plain path tests compare against).
         self.direct_sends = True
+        # False: every vendor result goes through the receiver's loop (see _take_result).
+        self.direct_results = True
         # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _receive).
         self._answer_deadline: asyncio.Timeout | None = None
         self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
@@ -566,17 +570,17 @@ class Session:
                 self._answer_deadline = deadline
                 if stream.end_sent.is_set():
                     self._start_answer_deadline(deadline)
+                if self.direct_results:
+                    # Results are taken as the stream receives them (_take_result); the rest is queued for here.
+                    stream.consumer = functools.partial(self._take_result, timeline)
                 while True:
                     event = await events.get()
                     if deadline.when() is not None:
                         deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
                     if isinstance(event, PartialResult):
-                        self._partial = event.text
-                        self._report_partial()
+                        self._on_partial_result(event)
                     elif isinstance(event, FinalResult):
-                        self._on_final(event, timeline)
-                        self._partial = ""
-                        self._report_partial()
+                        self._on_final_result(event, timeline)
                     elif isinstance(event, StreamCompleted):
                         if not self._finishing or not stream.codec.ended:
                             raise _ConnectionLost(VendorError("the vendor ended the stream before the end of audio"))
@@ -592,7 +596,40 @@ class Session:
                 VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")
             ) from None
         finally:
+            stream.consumer = None
             self._answer_deadline = None
+
+    def _take_result(self, timeline: ConnectionTimeline, event: VendorEvent) -> bool:
+        """Hot path of ``_receive``'s loop: a result handled in the stream's own callback, as it arrives.
+
+        The loop's way costs a queue put, a wake-up and a task step per vendor message before the partial can go
+        on to the client. Only results are taken here, and only while nothing waits in the queue (the stream
+        checks), so the order is the loop's; the end of the stream and errors still go through the loop.
+        ``Session.direct_results = False`` is the plain path (tests/test_session_results.py compares them).
+        """
+        if not isinstance(event, PartialResult | FinalResult):
+            return False
+        deadline = self._answer_deadline
+        if deadline is not None and deadline.when() is not None:
+            deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+        try:
+            if isinstance(event, PartialResult):
+                self._on_partial_result(event)
+            else:
+                self._on_final_result(event, timeline)
+        except Exception as exc:  # in the loop this ends the session the same way (see _run)
+            _LOGGER.exception("session %s: internal error", self.id)
+            self.fail(SessionError("internal", f"internal error: {exc}"))
+        return True
+
+    def _on_partial_result(self, event: PartialResult) -> None:
+        self._partial = event.text
+        self._report_partial()
+
+    def _on_final_result(self, event: FinalResult, timeline: ConnectionTimeline) -> None:
+        self._on_final(event, timeline)
+        self._partial = ""
+        self._report_partial()
 
     def _start_answer_deadline(self, deadline: asyncio.Timeout) -> None:
         if deadline.when() is None:

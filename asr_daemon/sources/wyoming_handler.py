@@ -112,6 +112,9 @@ class WyomingAsrHandler(AsyncEventHandler):
     connection. The utterance itself (routing, session, events, metrics, endpointing) is an ``Utterance``.
     """
 
+    # False: every partial goes through the pump task (the plain path; see _write_partial_now).
+    direct_partials = True
+
     def __init__(self, context: HandlerContext, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)
         self.event_reader = reader
@@ -131,6 +134,9 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._chunked_text = ""
         self._stream_started = False
         self._partial_wakeup = asyncio.Event()
+        # Partials go to the client (from the utterance's open to its answer); the pump is started only when one
+        # cannot be written at once (see _write_partial_now).
+        self._partials_open = False
         self._partial_pump: asyncio.Task[None] | None = None
         self._closing = False
         self.source = f"wyoming:{self.peer}"
@@ -352,7 +358,7 @@ class WyomingAsrHandler(AsyncEventHandler):
     def _begin_utterance(self, fmt: AudioFormat) -> None:
         utterance = self._new_utterance()
         if utterance.open(fmt):
-            self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {utterance.id}")
+            self._partials_open = True
 
     def _on_answer(self, answer: Answer) -> None:
         if self._utterance is None:
@@ -441,7 +447,36 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     def _on_partial(self, text: str) -> None:
         self._latest_partial = text
+        if not self._partials_open:
+            return
+        if self._partial_pump is None:
+            if self.direct_partials and self._write_partial_now(text):
+                return
+            self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {self.peer}")
         self._partial_wakeup.set()
+
+    def _write_partial_now(self, text: str) -> bool:
+        """Hot path of ``_pump_partials``: the partial written from the vendor's result callback, without the pump.
+
+        The pump's way costs an event, a task and a task step per partial. This runs only where ``_write`` would
+        not wait either (the socket took everything before, no write is under way) and while no pump runs, so the
+        order is the pump's; otherwise (False) the pump takes over. ``direct_partials = False`` is the plain path
+        (tests/test_wyoming_partials.py compares what the client gets).
+        """
+        transport = self.writer.transport
+        if self._write_lock.locked() or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        chunked = self._chunked_text
+        # Chunks only ever append: a revised hypothesis waits until it extends what was sent again.
+        if text.startswith(chunked) and len(text) > len(chunked):
+            data = _framed(TranscriptChunk(text[len(chunked) :]).event())
+            if not self._stream_started:
+                self._stream_started = True
+                data = _framed(TranscriptStart(language=self._request.language).event()) + data
+            self._chunked_text = text
+            if not self._closing:
+                transport.write(data)
+        return True
 
     async def _pump_partials(self) -> None:
         """Send partial progress as transcript-chunk deltas.
@@ -463,6 +498,7 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     async def _stop_partials(self) -> None:
         """Stop the partial pump after the chunk it may be writing (a cancellation could be lost mid-write)."""
+        self._partials_open = False
         pump, self._partial_pump = self._partial_pump, None
         if pump is None:
             return

@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -305,6 +305,8 @@ class Stream(Protocol):
 
     # The audio clock of this connection, kept by whoever sends audio (keepalive silence included).
     timeline: ConnectionTimeline | None
+    # Offered each received event before it is queued in ``events`` (while nothing waits there): True, taken.
+    consumer: Callable[[VendorEvent], bool] | None
 
     @property
     def codec(self) -> StreamCodec: ...
@@ -359,6 +361,7 @@ class BaseStream:
         self.codec: StreamCodec = adapter.new_codec(options)
         self.timeline: ConnectionTimeline | None = None
         self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self.consumer: Callable[[VendorEvent], bool] | None = None
         self.connect_seconds: float | None = None
         self.end_sent = asyncio.Event()
         self._ready = asyncio.Event()
@@ -386,13 +389,19 @@ class BaseStream:
             closed.cancel()
 
     def _emit(self, events: Iterable[VendorEvent]) -> None:
+        """Hand over what the codec made of a received message: to ``consumer`` at once where it takes it (the hot
+        path: no queue, no task switch), else to ``events``. An event never overtakes one still queued."""
+        queue = self.events
         for event in events:
             if isinstance(event, StreamReady):
                 self._ready.set()
-            if self.events.full():
+            consumer = self.consumer
+            if consumer is not None and queue.empty() and consumer(event):
+                continue
+            if queue.full():
                 _LOGGER.warning("%s: dropping a result; the stream is not being read", self.adapter.name)
                 continue
-            self.events.put_nowait(event)
+            queue.put_nowait(event)
 
 
 class VendorFailure(Exception):
