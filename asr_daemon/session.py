@@ -188,7 +188,8 @@ class Session:
         self.replayed_bytes = 0
         # Seconds the first vendor connection took to open (None until one opened).
         self.connect_seconds: float | None = None
-        loop = asyncio.get_running_loop()
+        # Looked up once: on Python 3.11 every lookup of the running loop is a getpid() system call.
+        self._loop = loop = asyncio.get_running_loop()
         self._done: asyncio.Future[Transcript] = loop.create_future()
         self._stream: Stream | None = None
         # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
@@ -198,7 +199,7 @@ class Session:
     def start(self) -> Session:
         """Start streaming to the vendor (idempotent); ``aclose()`` stops it."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+            self._task = self._loop.create_task(self._run(), name=f"session {self.id}")
         return self
 
     async def __aenter__(self) -> Session:
@@ -491,8 +492,8 @@ class Session:
         stream.timeline = timeline
         if not first:
             self.replayed_bytes += self._buffer.end - self._buffer.start
-        receiver = asyncio.create_task(self._receive(stream, timeline))
-        sender = asyncio.create_task(self._send(stream, timeline, replaying=not first))
+        receiver = self._loop.create_task(self._receive(stream, timeline))
+        sender = self._loop.create_task(self._send(stream, timeline, replaying=not first))
         try:
             done, _ = await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
             if sender in done:
@@ -576,7 +577,7 @@ class Session:
                 while True:
                     event = await events.get()
                     if deadline.when() is not None:
-                        deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                        deadline.reschedule(self._loop.time() + self.policy.response_timeout)
                     if isinstance(event, PartialResult):
                         self._on_partial_result(event)
                     elif isinstance(event, FinalResult):
@@ -611,7 +612,7 @@ class Session:
             return False
         deadline = self._answer_deadline
         if deadline is not None and deadline.when() is not None:
-            deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
         try:
             if isinstance(event, PartialResult):
                 self._on_partial_result(event)
@@ -633,7 +634,7 @@ class Session:
 
     def _start_answer_deadline(self, deadline: asyncio.Timeout) -> None:
         if deadline.when() is None:
-            deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:
@@ -712,7 +713,7 @@ class FallbackSession(Session):
         )
         super().__init__(adapter, options, primary_limits, on_partial, pool, keep_audio=True, charge=charge)
         # What the client sees; the vendor's own outcome (``_done``) stays internal until the fallback had its turn.
-        self._public: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        self._public: asyncio.Future[Transcript] = self._loop.create_future()
         self._done.add_done_callback(self._forward)
 
     @property

@@ -347,6 +347,20 @@ class Stream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Flag(asyncio.Event):
+    """An ``asyncio.Event`` that also wakes the one future ``BaseStream.wait_ready`` waits on, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class BaseStream:
     """What every ``Stream`` keeps alike: its codec, its queue of events, whether it is ready and closed.
 
@@ -364,8 +378,8 @@ class BaseStream:
         self.consumer: Callable[[VendorEvent], bool] | None = None
         self.connect_seconds: float | None = None
         self.end_sent = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._closed = asyncio.Event()
+        self._ready = _Flag()
+        self._closed = _Flag()
 
     @property
     def ready(self) -> bool:
@@ -380,13 +394,16 @@ class BaseStream:
         return False
 
     async def wait_ready(self) -> None:
-        ready = asyncio.create_task(self._ready.wait())
-        closed = asyncio.create_task(self._closed.wait())
+        # One future either flag resolves: no task per flag, no asyncio.wait.
+        ready, closed = self._ready, self._closed
+        if ready.is_set() or closed.is_set():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ready.waiter = closed.waiter = waiter
         try:
-            await asyncio.wait((ready, closed), return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            ready.cancel()
-            closed.cancel()
+            ready.waiter = closed.waiter = None
 
     def _emit(self, events: Iterable[VendorEvent]) -> None:
         """Hand over what the codec made of a received message: to ``consumer`` at once where it takes it (the hot
