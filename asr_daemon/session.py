@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ _LOGGER = logging.getLogger(__name__)
 # 32 bit). A client's input per utterance is bounded by this times ``max_audio_seconds`` whatever it declares
 # (46 MB with the defaults), where the formats the converter can read would allow ~3 GiB.
 MAX_INPUT_BYTES_PER_SECOND = 48000 * 8 * 2
+
+# The reconnect delays' jitter, one generator for every session: seeding a new one costs a system call and more
+# than the rest of a session's set-up.
+_JITTER = random.Random()
 
 
 def input_format_error(fmt: AudioFormat) -> SessionError | None:
@@ -167,7 +172,7 @@ class Session:
         self._seconds_per_byte = 1.0 / self._target.bytes_per_second
         # Connections in a row that failed without a final result, and the delay before the next one.
         self._retries = RetryBudget(self.policy.max_failures)
-        self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
+        self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max, _JITTER)
         self._audio_arrived = asyncio.Event()
         # Where the current connection's audio has been sent up to (a buffer position).
         self._sent_to = 0

@@ -162,14 +162,13 @@ class Utterance:
         """Route, admit against the budget and start the vendor session; False when refused (already answered)."""
         services = self.services
         router = services.router
-        if self.vendor is not None:
-            adapter = router.adapters.get(self.vendor)
-            unrouted = f"vendor {self.vendor!r} is not configured"
-        else:
-            adapter = router.route(self.language)
-            served = ", ".join(router.languages()) or "none: no vendor is configured"
-            unrouted = f"no vendor serves language {self.language!r} (served: {served})"
+        adapter = router.adapters.get(self.vendor) if self.vendor is not None else router.route(self.language)
         if adapter is None:
+            if self.vendor is not None:
+                unrouted = f"vendor {self.vendor!r} is not configured"
+            else:
+                served = ", ".join(router.languages()) or "none: no vendor is configured"
+                unrouted = f"no vendor serves language {self.language!r} (served: {served})"
             self.fail(SessionError("unsupported-language", unrouted))
             return False
         charge = None
