@@ -63,6 +63,9 @@ MAX_INPUT_BYTES_PER_SECOND = 48000 * 8 * 2
 # than the rest of a session's set-up.
 _JITTER = random.Random()
 
+# What a stream may hand to Session._take_result as it arrives.
+_RESULTS = (PartialResult, FinalResult)
+
 
 def input_format_error(fmt: AudioFormat) -> SessionError | None:
     """Why client audio in ``fmt`` is refused (None: accepted)."""
@@ -613,7 +616,7 @@ class Session:
         checks), so the order is the loop's; the end of the stream and errors still go through the loop.
         ``Session.direct_results = False`` is the plain path (tests/test_session_results.py compares them).
         """
-        if not isinstance(event, PartialResult | FinalResult):
+        if not isinstance(event, _RESULTS):
             return False
         deadline = self._answer_deadline
         if deadline is not None and deadline.when() is not None:
