@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from .vendors.base import (
     StreamOptions,
     VendorAdapter,
     VendorError,
+    VendorEvent,
     VendorFailure,
 )
 
@@ -55,6 +58,13 @@ _LOGGER = logging.getLogger(__name__)
 # 32 bit). A client's input per utterance is bounded by this times ``max_audio_seconds`` whatever it declares
 # (46 MB with the defaults), where the formats the converter can read would allow ~3 GiB.
 MAX_INPUT_BYTES_PER_SECOND = 48000 * 8 * 2
+
+# The reconnect delays' jitter, one generator for every session: seeding a new one costs a system call and more
+# than the rest of a session's set-up.
+_JITTER = random.Random()
+
+# What a stream may hand to Session._take_result as it arrives.
+_RESULTS = (PartialResult, FinalResult)
 
 
 def input_format_error(fmt: AudioFormat) -> SessionError | None:
@@ -165,7 +175,7 @@ class Session:
         self._seconds_per_byte = 1.0 / self._target.bytes_per_second
         # Connections in a row that failed without a final result, and the delay before the next one.
         self._retries = RetryBudget(self.policy.max_failures)
-        self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max)
+        self._backoff = Backoff(self.policy.backoff_initial, self.policy.backoff_max, _JITTER)
         self._audio_arrived = asyncio.Event()
         # Where the current connection's audio has been sent up to (a buffer position).
         self._sent_to = 0
@@ -173,6 +183,8 @@ class Session:
         self._direct: _DirectSend | None = None
         # False: every vendor message goes through the sender's loop (the plain path tests compare against).
         self.direct_sends = True
+        # False: every vendor result goes through the receiver's loop (see _take_result).
+        self.direct_results = True
         # The receiver's wait for the vendor's next event, timed once the end of audio is out (see _receive).
         self._answer_deadline: asyncio.Timeout | None = None
         self._committed: list[FinalResult] = []  # finals whose audio left the replay buffer
@@ -184,7 +196,8 @@ class Session:
         self.replayed_bytes = 0
         # Seconds the first vendor connection took to open (None until one opened).
         self.connect_seconds: float | None = None
-        loop = asyncio.get_running_loop()
+        # Looked up once: on Python 3.11 every lookup of the running loop is a getpid() system call.
+        self._loop = loop = asyncio.get_running_loop()
         self._done: asyncio.Future[Transcript] = loop.create_future()
         self._stream: Stream | None = None
         # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
@@ -194,7 +207,7 @@ class Session:
     def start(self) -> Session:
         """Start streaming to the vendor (idempotent); ``aclose()`` stops it."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+            self._task = self._loop.create_task(self._run(), name=f"session {self.id}")
         return self
 
     async def __aenter__(self) -> Session:
@@ -487,8 +500,8 @@ class Session:
         stream.timeline = timeline
         if not first:
             self.replayed_bytes += self._buffer.end - self._buffer.start
-        receiver = asyncio.create_task(self._receive(stream, timeline))
-        sender = asyncio.create_task(self._send(stream, timeline, replaying=not first))
+        receiver = self._loop.create_task(self._receive(stream, timeline))
+        sender = self._loop.create_task(self._send(stream, timeline, replaying=not first))
         try:
             done, _ = await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
             if sender in done:
@@ -566,17 +579,17 @@ class Session:
                 self._answer_deadline = deadline
                 if stream.end_sent.is_set():
                     self._start_answer_deadline(deadline)
+                if self.direct_results:
+                    # Results are taken as the stream receives them (_take_result); the rest is queued for here.
+                    stream.consumer = functools.partial(self._take_result, timeline)
                 while True:
                     event = await events.get()
                     if deadline.when() is not None:
-                        deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+                        deadline.reschedule(self._loop.time() + self.policy.response_timeout)
                     if isinstance(event, PartialResult):
-                        self._partial = event.text
-                        self._report_partial()
+                        self._on_partial_result(event)
                     elif isinstance(event, FinalResult):
-                        self._on_final(event, timeline)
-                        self._partial = ""
-                        self._report_partial()
+                        self._on_final_result(event, timeline)
                     elif isinstance(event, StreamCompleted):
                         if not self._finishing or not stream.codec.ended:
                             raise _ConnectionLost(VendorError("the vendor ended the stream before the end of audio"))
@@ -592,11 +605,44 @@ class Session:
                 VendorError(f"no answer from the vendor for {self.policy.response_timeout:g} s after the end of audio")
             ) from None
         finally:
+            stream.consumer = None
             self._answer_deadline = None
+
+    def _take_result(self, timeline: ConnectionTimeline, event: VendorEvent) -> bool:
+        """Hot path of ``_receive``'s loop: a result handled in the stream's own callback, as it arrives.
+
+        The loop's way costs a queue put, a wake-up and a task step per vendor message before the partial can go
+        on to the client. Only results are taken here, and only while nothing waits in the queue (the stream
+        checks), so the order is the loop's; the end of the stream and errors still go through the loop.
+        ``Session.direct_results = False`` is the plain path (tests/test_session_results.py compares them).
+        """
+        if not isinstance(event, _RESULTS):
+            return False
+        deadline = self._answer_deadline
+        if deadline is not None and deadline.when() is not None:
+            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
+        try:
+            if isinstance(event, PartialResult):
+                self._on_partial_result(event)
+            else:
+                self._on_final_result(event, timeline)
+        except Exception as exc:  # in the loop this ends the session the same way (see _run)
+            _LOGGER.exception("session %s: internal error", self.id)
+            self.fail(SessionError("internal", f"internal error: {exc}"))
+        return True
+
+    def _on_partial_result(self, event: PartialResult) -> None:
+        self._partial = event.text
+        self._report_partial()
+
+    def _on_final_result(self, event: FinalResult, timeline: ConnectionTimeline) -> None:
+        self._on_final(event, timeline)
+        self._partial = ""
+        self._report_partial()
 
     def _start_answer_deadline(self, deadline: asyncio.Timeout) -> None:
         if deadline.when() is None:
-            deadline.reschedule(asyncio.get_running_loop().time() + self.policy.response_timeout)
+            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:
         if final.end_ms is None:
@@ -675,7 +721,7 @@ class FallbackSession(Session):
         )
         super().__init__(adapter, options, primary_limits, on_partial, pool, keep_audio=True, charge=charge)
         # What the client sees; the vendor's own outcome (``_done``) stays internal until the fallback had its turn.
-        self._public: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        self._public: asyncio.Future[Transcript] = self._loop.create_future()
         self._done.add_done_callback(self._forward)
 
     @property

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -113,12 +113,14 @@ class Utterance:
         self.phrases = phrases
         self.vendor = vendor
         self.client_address = client_address
-        self.id = uuid.uuid4().hex[:8]
+        # Names the utterance in logs and events; random, not a uuid4 (one system call less per utterance).
+        self.id = f"{random.getrandbits(32):08x}"
         self.started = started
         self.ended: float | None = None
         self.session: Session | None = None
         # Resolves once, with the transcript or the error; the source sends it.
-        self.answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.answer: asyncio.Future[Answer] = self._loop.create_future()
         self._on_partial = on_partial
         self._on_answer = on_answer
         self._pool = pool
@@ -160,14 +162,13 @@ class Utterance:
         """Route, admit against the budget and start the vendor session; False when refused (already answered)."""
         services = self.services
         router = services.router
-        if self.vendor is not None:
-            adapter = router.adapters.get(self.vendor)
-            unrouted = f"vendor {self.vendor!r} is not configured"
-        else:
-            adapter = router.route(self.language)
-            served = ", ".join(router.languages()) or "none: no vendor is configured"
-            unrouted = f"no vendor serves language {self.language!r} (served: {served})"
+        adapter = router.adapters.get(self.vendor) if self.vendor is not None else router.route(self.language)
         if adapter is None:
+            if self.vendor is not None:
+                unrouted = f"vendor {self.vendor!r} is not configured"
+            else:
+                served = ", ".join(router.languages()) or "none: no vendor is configured"
+                unrouted = f"no vendor serves language {self.language!r} (served: {served})"
             self.fail(SessionError("unsupported-language", unrouted))
             return False
         charge = None
@@ -246,7 +247,7 @@ class Utterance:
                             endpointer.last_voiced_end,
                             session.finals_end,
                         )
-                    self._finishing = asyncio.create_task(self._finish_session(session), name=f"final {self.id}")
+                    self._finishing = self._loop.create_task(self._finish_session(session), name=f"final {self.id}")
         if self._finishing is not None:
             await asyncio.shield(self._finishing)
         if not self.answer.done():
@@ -323,7 +324,7 @@ class Utterance:
                 endpointer.last_voiced_end,
                 session.finals_end,
             )
-            self._finishing = asyncio.create_task(self._finish_session(session), name=f"final {self.id}")
+            self._finishing = self._loop.create_task(self._finish_session(session), name=f"final {self.id}")
 
     @staticmethod
     def _covered(session: Session, endpointer: Endpointer) -> bool:

@@ -112,6 +112,10 @@ class WyomingAsrHandler(AsyncEventHandler):
     connection. The utterance itself (routing, session, events, metrics, endpointing) is an ``Utterance``.
     """
 
+    # False: every partial goes through the pump task and the answer through a task of its own (the plain paths;
+    # see _write_partial_now and _write_answer_now).
+    direct_writes = True
+
     def __init__(self, context: HandlerContext, reader: EventStreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)
         self.event_reader = reader
@@ -131,6 +135,9 @@ class WyomingAsrHandler(AsyncEventHandler):
         self._chunked_text = ""
         self._stream_started = False
         self._partial_wakeup = asyncio.Event()
+        # Partials go to the client (from the utterance's open to its answer); the pump is started only when one
+        # cannot be written at once (see _write_partial_now).
+        self._partials_open = False
         self._partial_pump: asyncio.Task[None] | None = None
         self._closing = False
         self.source = f"wyoming:{self.peer}"
@@ -352,29 +359,52 @@ class WyomingAsrHandler(AsyncEventHandler):
     def _begin_utterance(self, fmt: AudioFormat) -> None:
         utterance = self._new_utterance()
         if utterance.open(fmt):
-            self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {utterance.id}")
+            self._partials_open = True
 
     def _on_answer(self, answer: Answer) -> None:
         if self._utterance is None:
             return  # an abandoned utterance: the client started another or left
+        if self.direct_writes and self._write_answer_now(answer):
+            return
         self._answering = asyncio.create_task(self._send_answer(answer), name=f"answer {self.peer}")
 
     async def _send_answer(self, answer: Answer) -> None:
         await self._stop_partials()
+        await self._write_data(self._answer_frames(answer))
+
+    def _write_answer_now(self, answer: Answer) -> bool:
+        """Hot path of ``_send_answer``: the answer written at once, without a task, where nothing is to wait for.
+
+        That is: no partial pump runs (the partials went out already, in order) and ``_write`` would not wait.
+        False: ``_send_answer`` writes it (the plain path).
+        """
+        if self._partial_pump is not None or not self._can_write_now():
+            return False
+        self._partials_open = False
+        data = self._answer_frames(answer)
+        if not self._closing:
+            self.writer.transport.write(data)
+        return True
+
+    def _answer_frames(self, answer: Answer) -> bytes:
+        """The answer's events, framed, in one piece: an error, or the rest of the text and the transcript."""
         if answer.error is not None:
-            await self._answer_error(answer.error.code, answer.error.message)
-            return
+            return _framed(Error(text=redact(answer.error.message), code=answer.error.code).event())
         result = answer.transcript
         assert result is not None
         text = result.text
+        events: list[Event] = []
         if text.startswith(self._chunked_text) and len(text) > len(self._chunked_text):
-            await self._start_stream()
-            await self._write(TranscriptChunk(text[len(self._chunked_text) :]).event())
+            if not self._stream_started:
+                self._stream_started = True
+                events.append(TranscriptStart(language=self._request.language).event())
+            events.append(TranscriptChunk(text[len(self._chunked_text) :]).event())
         # The transcript says which engine made it when the fallback took over.
         context = {"engine": result.engine, "fallback": True} if result.fallback else None
-        await self._write(Transcript(text=text, language=self._request.language, context=context).event())
+        events.append(Transcript(text=text, language=self._request.language, context=context).event())
         if self._stream_started:
-            await self._write(TranscriptStop().event())
+            events.append(TranscriptStop().event())
+        return b"".join(_framed(event) for event in events)
 
     async def _end_utterance(self) -> None:
         self._stop_limits()
@@ -441,7 +471,35 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     def _on_partial(self, text: str) -> None:
         self._latest_partial = text
+        if not self._partials_open:
+            return
+        if self._partial_pump is None:
+            if self.direct_writes and self._write_partial_now(text):
+                return
+            self._partial_pump = asyncio.create_task(self._pump_partials(), name=f"partials {self.peer}")
         self._partial_wakeup.set()
+
+    def _write_partial_now(self, text: str) -> bool:
+        """Hot path of ``_pump_partials``: the partial written from the vendor's result callback, without the pump.
+
+        The pump's way costs an event, a task and a task step per partial. This runs only where ``_write`` would
+        not wait either (the socket took everything before, no write is under way) and while no pump runs, so the
+        order is the pump's; otherwise (False) the pump takes over. ``direct_writes = False`` is the plain path
+        (tests/test_wyoming_partials.py compares what the client gets).
+        """
+        if not self._can_write_now():
+            return False
+        chunked = self._chunked_text
+        # Chunks only ever append: a revised hypothesis waits until it extends what was sent again.
+        if text.startswith(chunked) and len(text) > len(chunked):
+            data = _framed(TranscriptChunk(text[len(chunked) :]).event())
+            if not self._stream_started:
+                self._stream_started = True
+                data = _framed(TranscriptStart(language=self._request.language).event()) + data
+            self._chunked_text = text
+            if not self._closing:
+                self.writer.transport.write(data)
+        return True
 
     async def _pump_partials(self) -> None:
         """Send partial progress as transcript-chunk deltas.
@@ -463,6 +521,7 @@ class WyomingAsrHandler(AsyncEventHandler):
 
     async def _stop_partials(self) -> None:
         """Stop the partial pump after the chunk it may be writing (a cancellation could be lost mid-write)."""
+        self._partials_open = False
         pump, self._partial_pump = self._partial_pump, None
         if pump is None:
             return
@@ -486,9 +545,16 @@ class WyomingAsrHandler(AsyncEventHandler):
         await self._write(Error(text=redact(message), code=code).event())
 
     async def _write(self, event: Event) -> None:
+        await self._write_data(_framed(event))
+
+    def _can_write_now(self) -> bool:
+        """A write now cannot have to wait: the socket took everything before and no write is under way."""
+        transport = self.writer.transport
+        return not self._write_lock.locked() and not transport.is_closing() and not transport.get_write_buffer_size()
+
+    async def _write_data(self, data: bytes) -> None:
         if self._closing:
             return
-        data = _framed(event)
         transport = self.writer.transport
         if not self._write_lock.locked() and not transport.is_closing() and not transport.get_write_buffer_size():
             # Hot path (partials, the transcript): the socket took everything before, so this cannot have to

@@ -83,7 +83,7 @@ class WyomingServer:
         parsed = urlparse(self.uri)
 
         def protocol() -> asyncio.StreamReaderProtocol:
-            return _WyomingProtocol(EventStreamReader(self.max_event_bytes), self._on_connection, self.admits)
+            return _WyomingProtocol(EventStreamReader(self.max_event_bytes), self._on_connection, self.admits, loop)
 
         if parsed.scheme == "unix":
             path = Path(parsed.path)
@@ -243,8 +243,15 @@ def address_allowed(host: str, allow: Sequence[Network]) -> bool:
 class _WyomingProtocol(asyncio.StreamReaderProtocol):
     """asyncio's stream protocol, handing received bytes straight to the connection's event reader."""
 
-    def __init__(self, events: EventStreamReader, connected: Callable[..., Any], admits: Callable[[Any], bool]) -> None:
-        super().__init__(events, connected)
+    def __init__(
+        self,
+        events: EventStreamReader,
+        connected: Callable[..., Any],
+        admits: Callable[[Any], bool],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        # The loop given, not looked up (a getpid() system call per connection on Python 3.11).
+        super().__init__(events, connected, loop=loop)
         self._events = events
         self._admits = admits
 

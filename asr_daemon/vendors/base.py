@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -305,6 +305,8 @@ class Stream(Protocol):
 
     # The audio clock of this connection, kept by whoever sends audio (keepalive silence included).
     timeline: ConnectionTimeline | None
+    # Offered each received event before it is queued in ``events`` (while nothing waits there): True, taken.
+    consumer: Callable[[VendorEvent], bool] | None
 
     @property
     def codec(self) -> StreamCodec: ...
@@ -345,6 +347,20 @@ class Stream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Flag(asyncio.Event):
+    """An ``asyncio.Event`` that also wakes the one future ``BaseStream.wait_ready`` waits on, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class BaseStream:
     """What every ``Stream`` keeps alike: its codec, its queue of events, whether it is ready and closed.
 
@@ -359,10 +375,11 @@ class BaseStream:
         self.codec: StreamCodec = adapter.new_codec(options)
         self.timeline: ConnectionTimeline | None = None
         self.events: asyncio.Queue[VendorEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self.consumer: Callable[[VendorEvent], bool] | None = None
         self.connect_seconds: float | None = None
         self.end_sent = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._closed = asyncio.Event()
+        self._ready = _Flag()
+        self._closed = _Flag()
 
     @property
     def ready(self) -> bool:
@@ -377,22 +394,31 @@ class BaseStream:
         return False
 
     async def wait_ready(self) -> None:
-        ready = asyncio.create_task(self._ready.wait())
-        closed = asyncio.create_task(self._closed.wait())
+        # One future either flag resolves: no task per flag, no asyncio.wait.
+        ready, closed = self._ready, self._closed
+        if ready.is_set() or closed.is_set():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ready.waiter = closed.waiter = waiter
         try:
-            await asyncio.wait((ready, closed), return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            ready.cancel()
-            closed.cancel()
+            ready.waiter = closed.waiter = None
 
     def _emit(self, events: Iterable[VendorEvent]) -> None:
+        """Hand over what the codec made of a received message: to ``consumer`` at once where it takes it (the hot
+        path: no queue, no task switch), else to ``events``. An event never overtakes one still queued."""
+        queue = self.events
         for event in events:
             if isinstance(event, StreamReady):
                 self._ready.set()
-            if self.events.full():
+            consumer = self.consumer
+            if consumer is not None and queue.empty() and consumer(event):
+                continue
+            if queue.full():
                 _LOGGER.warning("%s: dropping a result; the stream is not being read", self.adapter.name)
                 continue
-            self.events.put_nowait(event)
+            queue.put_nowait(event)
 
 
 class VendorFailure(Exception):

@@ -2,18 +2,22 @@
 
 ``POST <token_url>`` with the API key in a ``key`` header and ``{"pipeline": ..., "options": {...}}`` answers
 ``{"success": true, "auth_token": "..."}`` (201 documented, 200 accepted too). A token is good for one
-connection within 60 s, so every stream buys its own. The request runs in a worker thread with the stdlib
-HTTP client: one small POST per utterance does not justify an HTTP library on a Pi.
+connection within 60 s, so every stream buys its own. The request is one HTTP/1.1 exchange on the event loop
+(``_post_on_loop``: no worker thread and its wake-ups per utterance, no HTTP library on a Pi); where the
+environment names a proxy for the token URL it goes through the stdlib client in a worker thread instead
+(``_post``), which honours ``https_proxy``/``no_proxy``. Both refuse redirects and answer alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from ... import __version__
@@ -22,6 +26,8 @@ from ..base import VendorError, VendorFailure
 
 # Largest token response read; the real one is ~70 bytes.
 MAX_RESPONSE_BYTES = 64 * 1024
+# Largest status line plus headers read from the token service.
+MAX_HEAD_BYTES = 64 * 1024
 # Longest piece of a vendor answer quoted in an error.
 _QUOTE_CHARS = 200
 
@@ -49,7 +55,10 @@ async def fetch_token(
 ) -> str:
     """A fresh one-time token; raises ``VendorFailure`` (fatal for a rejected key or request)."""
     body = token_request_body(pipeline, custom_model_id)
-    status, payload = await asyncio.to_thread(_post, url, api_key, body, request_timeout)
+    if _proxied(url):
+        status, payload = await asyncio.to_thread(_post, url, api_key, body, request_timeout)
+    else:
+        status, payload = await _post_on_loop(url, api_key, body, request_timeout)
     return parse_token_response(status, payload)
 
 
@@ -97,6 +106,113 @@ def _post(url: str, api_key: str, body: bytes, timeout: float) -> tuple[int, byt
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise _failure(f"cannot reach the Yating token service: {redact(str(reason))}", None) from None
+
+
+@lru_cache(maxsize=16)
+def _proxy_for(scheme: str, host: str) -> bool:
+    # The environment does not change while the daemon runs: looked up once per origin.
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+
+
+def _proxied(url: str) -> bool:
+    """The environment names a proxy the stdlib client would use for ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    return _proxy_for(parts.scheme, parts.hostname or "")
+
+
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()  # loading the CA store costs milliseconds: once
+    return _TLS
+
+
+async def _post_on_loop(url: str, api_key: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    """``_post`` on the event loop: one HTTP/1.1 request on a connection of its own; the same answers and errors."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        secure = parts.scheme == "https"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _failure("bad Yating token_url: expected an http:// or https:// URL", None, fatal=True)
+        host = parts.hostname
+        port = parts.port or (443 if secure else 80)
+    except ValueError as exc:  # a port urllib cannot read
+        raise _failure(f"bad Yating token_url: {redact(str(exc))}", None, fatal=True) from None
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    if any(c in value for value in (target, api_key) for c in "\r\n"):
+        # What the stdlib client refuses too: a line break would end the header and start another (never quoted).
+        raise _failure("bad Yating token_url or api_key: contains a line break", None, fatal=True)
+    shown_host = f"[{host}]" if ":" in host else host
+    default_port = port == (443 if secure else 80)
+    head = (
+        f"POST {target} HTTP/1.1\r\n"
+        f"Host: {shown_host if default_port else f'{shown_host}:{port}'}\r\n"
+        f"key: {api_key}\r\n"
+        "Content-Type: application/json\r\n"
+        f"User-Agent: asr-daemon/{__version__}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=_tls() if secure else None, limit=MAX_HEAD_BYTES
+            )
+            writer.write(head.encode("latin-1") + body)
+            return await _read_response(reader)
+    except TimeoutError:
+        raise _failure(f"Yating token request timed out after {timeout:g} s", None) from None
+    except UnicodeEncodeError:
+        message = "bad Yating token_url or api_key: not representable in an HTTP request"
+        raise _failure(message, None, fatal=True) from None
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        reason = exc if isinstance(exc, OSError) else "the token service sent a malformed HTTP response"
+        raise _failure(f"cannot reach the Yating token service: {redact(str(reason))}", None) from None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body (at most ``MAX_RESPONSE_BYTES``) of one HTTP/1.x response; ValueError when malformed."""
+    status_line = (await reader.readuntil(b"\r\n")).decode("latin-1")
+    version, _, rest = status_line.partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise ValueError("not an HTTP/1.x response")
+    status = int(rest[:3])
+    headers: dict[str, str] = {}
+    head_bytes = len(status_line)
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        head_bytes += len(line)
+        if head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("response headers too large")
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon:
+            raise ValueError("malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        payload = bytearray()
+        while len(payload) < MAX_RESPONSE_BYTES:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                break
+            payload += await reader.readexactly(min(size, MAX_RESPONSE_BYTES - len(payload)))
+            if len(payload) < MAX_RESPONSE_BYTES:
+                await reader.readexactly(2)  # the chunk's CRLF
+        return status, bytes(payload[:MAX_RESPONSE_BYTES])
+    length = headers.get("content-length")
+    if length is not None:
+        return status, await reader.readexactly(min(int(length), MAX_RESPONSE_BYTES))
+    payload = bytearray()  # no length given: the body ends with the connection
+    while len(payload) < MAX_RESPONSE_BYTES and (block := await reader.read(MAX_RESPONSE_BYTES - len(payload))):
+        payload += block
+    return status, bytes(payload)
 
 
 def _failure(message: str, status: int | None, *, fatal: bool = False) -> VendorFailure:
