@@ -203,10 +203,11 @@ class Session:
         # Every accepted byte, for a fallback engine to hear the whole utterance (only when one is configured).
         self.all_audio: bytearray | None = bytearray() if keep_audio else None
         self._task: asyncio.Task[None] | None = None
+        self._shut_down = False
 
     def start(self) -> Session:
         """Start streaming to the vendor (idempotent); ``aclose()`` stops it."""
-        if self._task is None:
+        if self._task is None and not self._shut_down:
             self._task = self._loop.create_task(self._run(), name=f"session {self.id}")
         return self
 
@@ -364,6 +365,10 @@ class Session:
             await asyncio.wait((task,), timeout=1.0)
         if task is not None and not task.cancelled():
             task.exception()  # retrieved, so asyncio does not warn about it
+        # A cancelled task's traceback holds the frames of _run, which hold this session: letting go of the task
+        # ends that reference cycle, so a finished session is freed at once rather than by the cyclic collector.
+        self._task = None
+        self._shut_down = True
         if self._stream is not None:
             await self._stream.aclose()
         # The outcome's exception too, for the same reason.

@@ -198,6 +198,8 @@ class WebSocketLink(asyncio.Protocol):
         self._on_message = _ignore_message
         self._on_closed = _ignore_close
         self.transport = None
+        if protocol.parser_exc is not None:  # its traceback holds the parser's frame, which holds the protocol
+            protocol.parser_exc.__traceback__ = None
 
     def pause_writing(self) -> None:
         self._paused = True
