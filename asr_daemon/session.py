@@ -369,6 +369,7 @@ class Session:
         # ends that reference cycle, so a finished session is freed at once rather than by the cyclic collector.
         self._task = None
         self._shut_down = True
+        self._on_partial = None  # the utterance's: it holds this session, so the pair would wait for the collector
         if self._stream is not None:
             await self._stream.aclose()
         # The outcome's exception too, for the same reason.

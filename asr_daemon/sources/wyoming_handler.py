@@ -433,6 +433,7 @@ class WyomingAsrHandler(AsyncEventHandler):
     def _stop_limits(self) -> None:
         if self._audio_quiet is not None:
             self._audio_quiet.cancel()
+            self._audio_quiet = None  # it calls back into this handler: no reference cycle outlives the utterance
         if self._wall_limit is not None:
             self._wall_limit.cancel()
             self._wall_limit = None

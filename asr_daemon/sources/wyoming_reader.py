@@ -436,6 +436,7 @@ class EventStreamReader(asyncio.StreamReader):
         self.take_now = None
         if self._idle is not None:
             self._idle.cancel()
+            self._idle = None  # it calls back into this reader: a reference cycle once the connection is gone
         self._wake()
 
     async def _wait(self) -> None:
