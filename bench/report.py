@@ -248,8 +248,8 @@ def budgets(
         _le(describe, BUDGET_DESCRIBE_MS), "idle")  # fmt: skip
     if fifty:
         value = fifty["describe_p99"]
-        row("describe round trip p99, 50 streams", f"≤ {BUDGET_DESCRIBE_MS:g} ms", value, f"{_f(value, 2)} ms",
-            _le(value, BUDGET_DESCRIBE_MS), "50")  # fmt: skip
+        row("describe round trip p99, 50 streams", f"≤ {BUDGET_DESCRIBE_MS:g} ms", value,
+            f"{_f(value, 2)} ms (of {fifty['describe_n']})", _le(value, BUDGET_DESCRIBE_MS), "50")  # fmt: skip
     _felt_budgets(felt or [], row)
     return rows
 

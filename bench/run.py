@@ -148,8 +148,9 @@ async def run_level(
     piece = piece or plan.piece_bytes
     sampler = Sampler(daemon.pid)
     describes: list[float] = []
-    # Describe probes cost the daemon CPU too: none at one stream (the idle figure covers describe there).
-    probe = asyncio.create_task(describe_probe(daemon.port, describes, 0.5)) if level > 1 else None
+    # Describe probes cost the daemon CPU too (~0.1 ms each, spread over the level's streams): none at one stream
+    # (the idle figure covers describe there). Ten a second, so that one late answer does not decide the p99.
+    probe = asyncio.create_task(describe_probe(daemon.port, describes, 0.1)) if level > 1 else None
     profiler = _start_profiler(daemon.pid, workdir, level) if plan.profile and profiled else None
     sampler.start()
     await emulators.ask("lag")  # start the emulators' loop-lag window here
