@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
@@ -22,7 +25,9 @@ from websockets.streams import StreamReader
 
 from asr_daemon.audio.normalise import AudioFormat
 from asr_daemon.emulators.base import EmulatorOptions
+from asr_daemon.emulators.tls import make_certificate
 from asr_daemon.session import Session, SessionLimits
+from asr_daemon.vendors import websocket
 from asr_daemon.vendors.websocket import WebSocketLink, client_frame, open_link
 from tests.support.vendor_streams import VENDORS, VendorStreams, tones
 
@@ -216,3 +221,36 @@ async def test_a_finished_session_and_its_vendor_link_are_freed_without_the_cycl
             assert [ref() for ref in gone] == [None, None]
         finally:
             gc.enable()
+
+
+async def test_wss_connections_load_the_systems_certificates_once_not_per_utterance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading the system's CA bundle costs ~23 ms of CPU here (more on a Pi): paid per utterance before, it was
+    # most of what a wss:// vendor connection cost.
+    certificate = make_certificate(tmp_path, ["localhost"])
+    server_tls = certificate.server_context()
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.certificate))
+    websocket._default_tls.cache_clear()
+    made: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(create(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(websocket.ssl, "create_default_context", counting)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("hello")
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_tls) as running:
+        url = f"wss://localhost:{running.sockets[0].getsockname()[1]}/asr"
+        for _ in range(3):
+            received = Received()
+            link = await link_to(url, received)
+            await link.close()
+            assert received.messages == ["hello"]
+    assert len(made) == 1
+    websocket._default_tls.cache_clear()
