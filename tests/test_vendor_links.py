@@ -28,7 +28,7 @@ from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.emulators.tls import make_certificate
 from asr_daemon.session import Session, SessionLimits
 from asr_daemon.vendors import websocket
-from asr_daemon.vendors.websocket import WebSocketLink, client_frame, open_link
+from asr_daemon.vendors.websocket import LinkOptions, WebSocketLink, client_frame, open_link
 from tests.support.vendor_streams import VENDORS, VendorStreams, tones
 
 
@@ -77,8 +77,8 @@ async def server(handler: Callable[[ServerConnection], Awaitable[None]], **optio
 
 
 async def link_to(url: str, received: Received, *, close_timeout: float = 2.0) -> WebSocketLink:
-    return await open_link(
-        url,
+    options = LinkOptions(
+        url=url,
         headers={"Authorization": "Bearer k"},
         user_agent="asr-daemon/test",
         max_size=1 << 20,
@@ -88,6 +88,7 @@ async def link_to(url: str, received: Received, *, close_timeout: float = 2.0) -
         on_message=received.message,
         on_closed=received.close,
     )
+    return await open_link(options)
 
 
 def run_on(event_loop: str, test: Callable[[], Awaitable[None]]) -> None:

@@ -30,7 +30,7 @@ from .. import __version__
 from ..redact import redact
 from ..resilience.policy import DEFAULT_POLICY, ResiliencePolicy
 from .base import BaseStream, Outgoing, Stream, StreamOptions, VendorAdapter, VendorError, VendorFailure
-from .websocket import Link, PlainLink, open_link
+from .websocket import Link, LinkOptions, PlainLink, open_link
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -152,38 +152,26 @@ class VendorStream(BaseStream):
         pings = request.ping_interval is not None
         ping_interval = min(request.ping_interval or 0, self.policy.ping_interval) if pings else None
         ping_timeout = self.policy.ping_timeout if pings else None
-        user_agent = f"asr-daemon/{__version__}"
-        proxy = proxy_for(request.url)
-        if proxy is None and self.lean_links:
-            try:
-                return await open_link(
-                    request.url,
-                    headers=request.headers,
-                    user_agent=user_agent,
-                    max_size=MAX_VENDOR_MESSAGE,
-                    ping_interval=ping_interval,
-                    ping_timeout=ping_timeout,
-                    close_timeout=CLOSE_TIMEOUT,
-                    on_message=self._on_message,
-                    on_closed=self._on_closed,
-                )
-            except InvalidStatus as exc:
-                if not 300 <= exc.response.status_code < 400:
-                    raise
-                # A redirect: websockets' own client follows it.
-        return await PlainLink.open(
-            request.url,
-            proxy=proxy,
+        options = LinkOptions(
+            url=request.url,
             headers=request.headers,
-            user_agent=user_agent,
+            user_agent=f"asr-daemon/{__version__}",
             max_size=MAX_VENDOR_MESSAGE,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=CLOSE_TIMEOUT,
-            open_timeout=timeout,
             on_message=self._on_message,
             on_closed=self._on_closed,
         )
+        proxy = proxy_for(request.url)
+        if proxy is None and self.lean_links:
+            try:
+                return await open_link(options)
+            except InvalidStatus as exc:
+                if not 300 <= exc.response.status_code < 400:
+                    raise
+                # A redirect: websockets' own client follows it.
+        return await PlainLink.open(options, proxy=proxy, open_timeout=timeout)
 
     async def send(self, messages: Iterable[Outgoing]) -> None:
         """Send messages; a closed connection is reported through the events, not raised here."""

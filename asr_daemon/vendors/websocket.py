@@ -17,6 +17,7 @@ import os
 import ssl
 import struct
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -38,6 +39,21 @@ except ImportError:  # pragma: no cover - websockets without its C extension
 Message = str | bytes
 OnMessage = Callable[[Message], None]
 OnClosed = Callable[[Close | None, Close | None], None]  # the close frames received and sent, when there were
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """How to open one vendor link, whichever client opens it."""
+
+    url: str
+    headers: Mapping[str, str]
+    user_agent: str
+    max_size: int  # the largest message accepted
+    ping_interval: float | None  # None: no pings
+    ping_timeout: float | None
+    close_timeout: float  # how long the vendor gets to finish the closing handshake
+    on_message: OnMessage
+    on_closed: OnClosed
 
 
 class Link(Protocol):
@@ -341,32 +357,21 @@ class WebSocketLink(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_link(
-    url: str,
-    *,
-    headers: Mapping[str, str],
-    user_agent: str,
-    max_size: int,
-    ping_interval: float | None,
-    ping_timeout: float | None,
-    close_timeout: float,
-    on_message: OnMessage,
-    on_closed: OnClosed,
-) -> WebSocketLink:
+async def open_link(options: LinkOptions) -> WebSocketLink:
     """Connect and complete the opening handshake (the caller bounds the time); raises what websockets raises.
 
     A refused upgrade raises ``InvalidStatus`` carrying the response, as websockets' ``connect`` does.
     """
-    uri = parse_uri(url)
+    uri = parse_uri(options.url)
     loop = asyncio.get_running_loop()
-    protocol = ClientProtocol(uri, max_size=max_size)
+    protocol = ClientProtocol(uri, max_size=options.max_size)
     link = WebSocketLink(
         protocol,
-        on_message,
-        on_closed,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        close_timeout=close_timeout,
+        options.on_message,
+        options.on_closed,
+        ping_interval=options.ping_interval,
+        ping_timeout=options.ping_timeout,
+        close_timeout=options.close_timeout,
     )
     tls = default_tls() if uri.secure else None
     try:
@@ -374,8 +379,8 @@ async def open_link(
             lambda: link, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls is not None else None
         )
         request = protocol.connect()
-        request.headers.update(headers)
-        request.headers.setdefault("User-Agent", user_agent)
+        request.headers.update(options.headers)
+        request.headers.setdefault("User-Agent", options.user_agent)
         protocol.send_request(request)
         link._flush()
         await asyncio.shield(link._handshake)
@@ -400,38 +405,24 @@ class PlainLink:
         self._reader = asyncio.create_task(self._read(), name="vendor link reader")
 
     @classmethod
-    async def open(
-        cls,
-        url: str,
-        *,
-        proxy: str | None,
-        headers: Mapping[str, str],
-        user_agent: str,
-        max_size: int,
-        ping_interval: float | None,
-        ping_timeout: float | None,
-        close_timeout: float,
-        open_timeout: float,
-        on_message: OnMessage,
-        on_closed: OnClosed,
-    ) -> PlainLink:
+    async def open(cls, options: LinkOptions, *, proxy: str | None, open_timeout: float) -> PlainLink:
         # Imported here: only proxied and redirected connections load websockets' asyncio client.
         from websockets.asyncio.client import connect
 
         connection = await connect(
-            url,
+            options.url,
             proxy=proxy,
-            additional_headers=dict(headers),
+            additional_headers=dict(options.headers),
             open_timeout=open_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            close_timeout=close_timeout,
-            max_size=max_size,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
+            close_timeout=options.close_timeout,
+            max_size=options.max_size,
             max_queue=64,
             compression=None,
-            user_agent_header=user_agent,
+            user_agent_header=options.user_agent,
         )
-        return cls(connection, on_message, on_closed)
+        return cls(connection, options.on_message, options.on_closed)
 
     @property
     def response(self) -> Response | None:
