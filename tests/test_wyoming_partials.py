@@ -15,7 +15,6 @@ import pytest
 from asr_daemon.emulators.amivoice import AmiVoiceEmulator
 from asr_daemon.emulators.base import EmulatorOptions
 from asr_daemon.sources.wyoming_handler import WyomingAsrHandler
-from asr_daemon.utterance import Answer
 from tests.support.daemon import running_daemon
 from tests.support.vendor_streams import tones
 from tests.support.wyoming import transcribe
@@ -23,26 +22,23 @@ from tests.support.wyoming import transcribe
 SCRIPT = ["一 二 三 四", "五 六 七"]
 
 
+def count_taken(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Counts how often the handler's hot path ``name`` took its write (one-element list, read after the run)."""
+    taken = [0]
+    original = getattr(WyomingAsrHandler, name)
+
+    def counting(handler: WyomingAsrHandler, item: Any) -> bool:
+        took: bool = original(handler, item)
+        taken[0] += took
+        return took
+
+    monkeypatch.setattr(WyomingAsrHandler, name, counting)
+    return taken
+
+
 async def client_events(*, direct: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, Any]], int, int]:
-    written = answers = 0
-    original = WyomingAsrHandler._write_partial_now
-
-    def counting(handler: WyomingAsrHandler, text: str) -> bool:
-        nonlocal written
-        taken = original(handler, text)
-        written += taken
-        return taken
-
-    monkeypatch.setattr(WyomingAsrHandler, "_write_partial_now", counting)
-    original_answer = WyomingAsrHandler._write_answer_now
-
-    def counting_answer(handler: WyomingAsrHandler, answer: Answer) -> bool:
-        nonlocal answers
-        taken = original_answer(handler, answer)
-        answers += taken
-        return taken
-
-    monkeypatch.setattr(WyomingAsrHandler, "_write_answer_now", counting_answer)
+    written = count_taken(monkeypatch, "_write_partial_now")
+    answers = count_taken(monkeypatch, "_write_answer_now")
     monkeypatch.setattr(WyomingAsrHandler, "direct_writes", direct)
     async with AmiVoiceEmulator(EmulatorOptions(script=SCRIPT)).running() as emu:
         config = {"vendors": {"amivoice": {"url": emu.url, "api_key": "test-key"}}}
@@ -51,7 +47,7 @@ async def client_events(*, direct: bool, monkeypatch: pytest.MonkeyPatch) -> tup
             result = await transcribe(daemon.port, tones(2), language="ja", speed=2.0)
     assert result.error is None
     events = [(event.type, event.data.get("text")) for event in result.events]
-    return events, written, answers
+    return events, written[0], answers[0]
 
 
 async def test_partials_and_answer_written_at_once_are_what_the_tasks_write(monkeypatch: pytest.MonkeyPatch) -> None:
