@@ -590,8 +590,7 @@ class Session:
                     stream.consumer = functools.partial(self._take_result, timeline)
                 while True:
                     event = await events.get()
-                    if deadline.when() is not None:
-                        deadline.reschedule(self._loop.time() + self.policy.response_timeout)
+                    self._move_answer_deadline(deadline)
                     if isinstance(event, PartialResult):
                         self._on_partial_result(event)
                     elif isinstance(event, FinalResult):
@@ -624,9 +623,8 @@ class Session:
         """
         if not isinstance(event, _RESULTS):
             return False
-        deadline = self._answer_deadline
-        if deadline is not None and deadline.when() is not None:
-            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
+        if self._answer_deadline is not None:
+            self._move_answer_deadline(self._answer_deadline)
         try:
             if isinstance(event, PartialResult):
                 self._on_partial_result(event)
@@ -647,7 +645,13 @@ class Session:
         self._report_partial()
 
     def _start_answer_deadline(self, deadline: asyncio.Timeout) -> None:
+        """The vendor owes the final answer from now (the end of audio went out)."""
         if deadline.when() is None:
+            deadline.reschedule(self._loop.time() + self.policy.response_timeout)
+
+    def _move_answer_deadline(self, deadline: asyncio.Timeout) -> None:
+        """The vendor sent something while it owes the answer: it gets the whole response timeout again."""
+        if deadline.when() is not None:
             deadline.reschedule(self._loop.time() + self.policy.response_timeout)
 
     def _on_final(self, final: FinalResult, timeline: ConnectionTimeline) -> None:

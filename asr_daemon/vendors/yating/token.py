@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +22,7 @@ from typing import Any
 from ... import __version__
 from ...redact import redact
 from ..base import VendorError, VendorFailure
+from ..websocket import default_tls
 
 # Largest token response read; the real one is ~70 bytes.
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -120,16 +120,6 @@ def _proxied(url: str) -> bool:
     return _proxy_for(parts.scheme, parts.hostname or "")
 
 
-_TLS: ssl.SSLContext | None = None
-
-
-def _tls() -> ssl.SSLContext:
-    global _TLS
-    if _TLS is None:
-        _TLS = ssl.create_default_context()  # loading the CA store costs milliseconds: once
-    return _TLS
-
-
 async def _post_on_loop(url: str, api_key: str, body: bytes, timeout: float) -> tuple[int, bytes]:
     """``_post`` on the event loop: one HTTP/1.1 request on a connection of its own; the same answers and errors."""
     try:
@@ -162,7 +152,7 @@ async def _post_on_loop(url: str, api_key: str, body: bytes, timeout: float) -> 
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                host, port, ssl=_tls() if secure else None, limit=MAX_HEAD_BYTES
+                host, port, ssl=default_tls() if secure else None, limit=MAX_HEAD_BYTES
             )
             writer.write(head.encode("latin-1") + body)
             return await _read_response(reader)
